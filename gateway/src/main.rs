@@ -1,0 +1,164 @@
+//! The `gateway` binary: parses flags into a [`Config`], raises the open-file limit, and runs
+//! the server until it is killed.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use gateway::proto::DeflateConfig;
+use gateway::server::{Config, Server};
+
+/// A WebSocket push gateway: echo and more on one port, for tens of thousands of connections.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Worker threads, each with its own event loop [default: number of CPUs].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Share the port with other gateway processes (SO_REUSEPORT), to go past one process's
+    /// open-file limit.
+    #[arg(long)]
+    reuse_port: bool,
+    /// Most open connections; more are answered 503 [default: open-file limit - 64].
+    #[arg(long)]
+    max_conns: Option<usize>,
+    /// Largest message accepted in bytes (after decompression); larger ones close with 1009.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_message: usize,
+    /// Outbound bytes queued per connection before the gateway stops reading from it.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_queued: usize,
+    /// Drop connections that have not finished the handshake in this time (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// Ping a connection after this much silence.
+    #[arg(long, default_value = "54s", value_parser = parse_duration)]
+    ping_interval: Duration,
+    /// Drop a connection from which nothing arrived for this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pong_timeout: Duration,
+    /// Time allowed to finish a close handshake.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    close_grace: Duration,
+    /// Allow WebSockets only from this Origin (repeatable). Default: any origin.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origin: Vec<String>,
+    /// Subprotocol to offer (repeatable), in order of preference.
+    #[arg(long = "protocol", value_name = "NAME")]
+    protocol: Vec<String>,
+    /// Refuse permessage-deflate.
+    #[arg(long)]
+    no_deflate: bool,
+    /// Ask clients to compress every message on its own (saves a 32 KiB window per chatty
+    /// connection, costs compression ratio).
+    #[arg(long)]
+    deflate_no_client_context: bool,
+}
+
+/// Parses `250ms`, `10s`, `2m` or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 10s or 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' in '{s}' (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("'{s}' must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let limits = gateway::sys::raise_nofile_limit();
+    let defaults = Config::default();
+    let config = Config {
+        listen: args.listen,
+        workers: args.workers.unwrap_or(defaults.workers).max(1),
+        reuse_port: args.reuse_port,
+        max_conns: args.max_conns.unwrap_or(defaults.max_conns),
+        max_message: args.max_message,
+        max_queued: args.max_queued,
+        handshake_timeout: args.handshake_timeout,
+        ping_interval: args.ping_interval,
+        pong_timeout: args.pong_timeout,
+        close_grace: args.close_grace,
+        allowed_origins: args.allow_origin,
+        subprotocols: args.protocol,
+        deflate: DeflateConfig {
+            enabled: !args.no_deflate,
+            request_client_no_context_takeover: args.deflate_no_client_context,
+            ..DeflateConfig::default()
+        },
+        ..defaults
+    };
+    match Server::start(config.clone()) {
+        Ok(server) => {
+            let files = match limits {
+                Ok((soft, _)) => format!("open-file limit {soft}"),
+                Err(e) => format!("open-file limit unknown: {e}"),
+            };
+            eprintln!(
+                "gateway: listening on {} ({} workers, max {} connections, {files})",
+                server.local_addr(),
+                config.workers,
+                config.max_conns
+            );
+            server.join();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let a = Args::try_parse_from([
+            "gateway",
+            "--listen",
+            "0.0.0.0:80",
+            "--max-message",
+            "16777216",
+        ])
+        .unwrap();
+        assert_eq!(a.listen.port(), 80);
+        assert_eq!(a.max_message, 16 << 20);
+        assert!(Args::try_parse_from(["gateway", "--listen", "nowhere"]).is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! Counters: one block per worker (each on its own cache lines), summed when read.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $field:ident : $help:literal ),* $(,)?) => {
+        /// One worker's counters; only that worker writes them.
+        #[derive(Debug, Default)]
+        #[repr(align(128))]
+        pub struct WorkerStats {
+            $( #[doc = $help] pub $field: AtomicU64, )*
+        }
+
+        impl WorkerStats {
+            const FIELDS: &'static [(&'static str, &'static str)] = &[$( (stringify!($field), $help), )*];
+
+            fn values(&self) -> Vec<u64> {
+                vec![$( self.$field.load(Ordering::Relaxed), )*]
+            }
+        }
+    };
+}
+
+counters! {
+    accepted_total: "TCP connections accepted",
+    refused_max_conns_total: "connections refused with 503 because --max-conns was reached",
+    http_requests_total: "plain HTTP requests answered",
+    http_refused_400_total: "requests answered 400 (malformed HTTP or handshake)",
+    http_refused_403_total: "WebSocket handshakes refused 403 (origin policy)",
+    http_refused_404_total: "requests answered 404",
+    http_refused_405_total: "requests answered 405",
+    http_refused_426_total: "requests answered 426 (not an upgrade, or wrong version)",
+    http_refused_431_total: "requests answered 431 (head too large)",
+    ws_opened_total: "WebSocket handshakes completed",
+    ws_closed_total: "WebSocket connections closed, for any reason",
+    messages_in_total: "messages received",
+    messages_out_total: "messages sent",
+    bytes_in_total: "bytes read from sockets",
+    bytes_out_total: "bytes written to sockets",
+    close_1002_total: "connections failed with 1002 (protocol error)",
+    close_1007_total: "connections failed with 1007 (invalid data)",
+    close_1009_total: "connections failed with 1009 (message too big)",
+    handshake_timeouts_total: "connections dropped at the handshake timeout",
+    pong_timeouts_total: "connections dropped at the pong timeout",
+    close_grace_timeouts_total: "closing connections dropped at the close grace timeout",
+    pings_sent_total: "keep-alive pings sent",
+}
+
+impl WorkerStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        // Only the owning worker writes, so a load+store would do; fetch_add keeps it obvious.
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// All workers' counters.
+#[derive(Debug)]
+pub struct Stats {
+    workers: Vec<WorkerStats>,
+}
+
+impl Stats {
+    pub fn new(workers: usize) -> Stats {
+        Stats {
+            workers: (0..workers).map(|_| WorkerStats::default()).collect(),
+        }
+    }
+
+    pub fn worker(&self, id: usize) -> &WorkerStats {
+        &self.workers[id]
+    }
+
+    /// The sum of one counter over all workers, by name.
+    pub fn total(&self, name: &str) -> u64 {
+        let i = WorkerStats::FIELDS
+            .iter()
+            .position(|(n, _)| *n == name)
+            .expect("known counter");
+        self.workers.iter().map(|w| w.values()[i]).sum()
+    }
+
+    /// Prometheus text exposition of every counter plus the open-connection gauge.
+    pub fn render_prometheus(&self, open_conns: usize) -> String {
+        let mut sums = vec![0u64; WorkerStats::FIELDS.len()];
+        for w in &self.workers {
+            for (s, v) in sums.iter_mut().zip(w.values()) {
+                *s += v;
+            }
+        }
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP gateway_open_connections connections open now\n# TYPE gateway_open_connections gauge"
+        );
+        let _ = writeln!(out, "gateway_open_connections {open_conns}");
+        for ((name, help), v) in WorkerStats::FIELDS.iter().zip(sums) {
+            let _ = writeln!(
+                out,
+                "# HELP gateway_{name} {help}\n# TYPE gateway_{name} counter\ngateway_{name} {v}"
+            );
+        }
+        out
+    }
+}
