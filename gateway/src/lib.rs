@@ -9,3 +9,6 @@ pub mod http;
 pub mod proto;
 pub mod server;
 pub mod sys;
+
+#[cfg(test)]
+mod tidy;

@@ -4,8 +4,10 @@
 //! Edge-triggered rules live here and nowhere else: sockets are registered once for reading and
 //! writing; a readable event is read until `WouldBlock`, a short read, or the per-turn budget
 //! (after which the connection goes on the backlog, so one busy peer cannot starve the rest); a
-//! writable event drains the queued output. Output is written straight to the socket when
-//! nothing is queued, and only what the socket did not take is copied into a pooled buffer.
+//! writable event drains the queued output. While the input of one read is processed, small
+//! frames owed to that connection are corked into one per-worker buffer and written with one
+//! syscall when the read is done; larger ones are written straight to the socket. Only what the
+//! socket did not take is copied into a pooled buffer of the connection.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::mem;
@@ -39,6 +41,8 @@ const READ_BUF: usize = 64 * 1024;
 const READS_PER_TURN: usize = 8;
 /// Pooled buffers kept per worker.
 const POOL_MAX: usize = 1024;
+/// Frames up to this size are corked; larger ones are written directly (after the cork).
+const CORK_MAX: usize = 16 * 1024;
 /// The scratch buffer is shrunk back to this after a large message.
 const SCRATCH_KEEP: usize = 256 * 1024;
 
@@ -73,6 +77,9 @@ pub(crate) struct Worker {
     pool: BufPool,
     read_buf: Vec<u8>,
     scratch: Vec<u8>,
+    /// Output owed to the connection whose input is being processed, written once per read.
+    cork: Vec<u8>,
+    corked: Option<usize>,
     /// One compressor per window size; every message is compressed on its own
     /// (server_no_context_takeover), so connections share them.
     deflaters: [Option<Deflater>; 8],
@@ -117,6 +124,8 @@ impl Worker {
             pool: BufPool::new(POOL_MAX),
             read_buf: vec![0; READ_BUF],
             scratch: Vec::new(),
+            cork: Vec::with_capacity(64 * 1024),
+            corked: None,
             deflaters: Default::default(),
             epoch: Instant::now(),
             now: 1,
@@ -299,7 +308,13 @@ impl Worker {
             };
             conn.last_rx = self.now;
             WorkerStats::add(&self.shared.stats.worker(self.id).bytes_in_total, n as u64);
+            self.corked = Some(key);
             self.on_input(key, n);
+            if self.conns.contains(key) {
+                self.flush_cork(key);
+            }
+            self.corked = None;
+            self.cork.clear();
             match self.conns.get(key) {
                 Some(c) if !c.dead => {}
                 _ => return,
@@ -653,6 +668,7 @@ impl Worker {
     }
 
     fn linger(&mut self, key: usize) {
+        self.flush_cork(key);
         let conn = &mut self.conns[key];
         if let Phase::Open(ws) = mem::replace(&mut conn.phase, Phase::Linger) {
             self.pool.put(ws.msg);
@@ -666,14 +682,37 @@ impl Worker {
         self.arm_timer(key);
     }
 
-    /// Writes `parts` (a frame header and payload, say) now if nothing is queued, and queues
-    /// whatever the socket does not take.
+    /// Writes what is corked for `key` (keeping it corked for what follows).
+    fn flush_cork(&mut self, key: usize) {
+        if self.corked != Some(key) || self.cork.is_empty() {
+            return;
+        }
+        let mut cork = mem::take(&mut self.cork);
+        self.corked = None;
+        self.send_parts(key, &[&cork]);
+        self.corked = Some(key);
+        cork.clear();
+        self.cork = cork;
+    }
+
+    /// Sends `parts` (a frame header and payload, say): corked if small and the connection's
+    /// input is being processed, else written now if nothing is queued; whatever the socket does
+    /// not take is queued.
     fn send_parts(&mut self, key: usize, parts: &[&[u8]]) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if self.corked == Some(key) {
+            if total <= CORK_MAX && self.cork.len() + total <= self.cork.capacity().max(64 * 1024) {
+                for part in parts {
+                    self.cork.extend_from_slice(part);
+                }
+                return;
+            }
+            self.flush_cork(key);
+        }
         let conn = &mut self.conns[key];
         if conn.dead || conn.write_shut {
             return;
         }
-        let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut written = 0;
         if conn.queued() == 0 {
             while written < total {
