@@ -777,6 +777,33 @@ sys.stdout.write(text)
 sys.exit(1 if failing or incomplete else 0)
 EOF
 
+# Compare with the committed expected results, so any change of behavior shows as a diff.
+EXPECTED=${AUTOBAHN_EXPECTED:-$REPO_ROOT/scripts/autobahn/expected.txt}
+if [[ $summary_rc -eq 0 && -f $EXPECTED ]]; then
+  "$PY3" - "$OUT/index.json" "$AGENT" "$EXPECTED" <<'EOF' || summary_rc=1
+import json, sys
+index, agent, expected_path = sys.argv[1:4]
+cases = json.load(open(index))[agent]
+expected = {}
+for line in open(expected_path):
+    if line.strip() and not line.startswith("#"):
+        cid, behavior, close = line.split()
+        expected[cid] = (behavior, close)
+diff = []
+for cid, r in cases.items():
+    got = (r["behavior"], r.get("behaviorClose"))
+    want = expected.get(cid)
+    if want != got:
+        diff.append("  %-10s expected %s, got %s" % (cid, "/".join(want) if want else "no entry", "/".join(map(str, got))))
+if diff:
+    print("results differ from %s (%d case(s)):" % (expected_path, len(diff)))
+    print("\n".join(sorted(diff)))
+    print("update the file on purpose if the change is intended")
+print("autobahn: %d passed, %d failed" % (len(cases) - len(diff), len(diff)))
+sys.exit(1 if diff else 0)
+EOF
+fi
+
 case $summary_rc in
   0) log "report: $OUT/index.html; summary: $OUT/summary.txt" ;;
   1) log "conformance failures; report: $OUT/index.html; summary: $OUT/summary.txt"; exit 1 ;;
