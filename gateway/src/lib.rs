@@ -2,11 +2,13 @@
 //!
 //! - [`proto`]: the sans-I/O RFC 6455 / RFC 7692 core, shared by the server and `loadgen`.
 //! - [`server`]: the mio event loop: workers, connections, buffers, timers.
+//! - [`router`]: topics, sequence numbers, history, and frames encoded once for all subscribers.
 //! - [`http`]: routing of requests on the one port, and the plain HTTP answers.
 //! - [`sys`]: the few operating-system calls std does not wrap (resource limits).
 
 pub mod http;
 pub mod proto;
+pub mod router;
 pub mod server;
 pub mod sys;
 

@@ -1,0 +1,473 @@
+//! Topics: names, sequence numbers, history, and messages framed once for every subscriber.
+//!
+//! The [`Hub`] is shared by all workers. Publishing takes its lock briefly: the topic's next
+//! sequence number is assigned, the message is appended to the topic's bounded history ring and
+//! handed, still under the lock, to every worker's channel, so every worker sees a topic's
+//! messages in sequence order. Delivery is lock-free: each worker keeps its own subscriber table
+//! ([`local::LocalTopics`]) and appends a reference to the message's pre-encoded frame to each
+//! local subscriber's output queue.
+//!
+//! A [`Published`] message is framed lazily, once per shape: the raw frame (the payload as the
+//! feed sockets `/ws/chat/..`, `/ws/file/..` and `/ws/log/..` send it), the JSON envelope of the
+//! multiplexed `/ws` socket, and each of those compressed once per negotiated window size.
+
+pub mod local;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crossbeam_channel::Sender;
+
+use crate::proto::{Deflater, HeaderBuf, MessageKind};
+
+/// Index of a topic in the hub; stable for the life of the process.
+pub type TopicId = u32;
+
+/// Longest topic name accepted.
+pub const MAX_TOPIC_LEN: usize = 128;
+
+/// Whether `name` is a topic name: 1 to 128 bytes of segments of `[A-Za-z0-9_.-]` separated by
+/// single slashes (`chat/lobby`, `news/eu`, `file/config`).
+pub fn is_valid_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TOPIC_LEN
+        && name.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        })
+}
+
+/// How a topic treats a subscriber that falls behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicKind {
+    /// Every message matters (chat, logs, events): a subscriber too far behind is closed.
+    Stream,
+    /// Only the newest message matters (file content): older queued ones are replaced.
+    Latest,
+}
+
+/// Bounds of each topic's history ring.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryConfig {
+    /// Messages kept per topic. Default 256.
+    pub messages: usize,
+    /// Payload bytes kept per topic. Default 1 MiB. The newest message is always kept.
+    pub bytes: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            messages: 256,
+            bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The frame shapes a subscriber can receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// The payload as it was published, in a text or binary frame.
+    Raw,
+    /// `{"topic":..,"seq":..,"data":..}` in a text frame (the `/ws` protocol).
+    Envelope,
+}
+
+/// One published message, shared by every worker and subscriber that holds it.
+#[derive(Debug)]
+pub struct Published {
+    pub topic: TopicId,
+    pub name: Arc<str>,
+    pub seq: u64,
+    pub kind: MessageKind,
+    pub topic_kind: TopicKind,
+    pub payload: Box<[u8]>,
+    /// Encoded frames: [style][0 = uncompressed, 1..=8 = window bits 8..=15].
+    frames: [[OnceLock<Arc<[u8]>>; 9]; 2],
+}
+
+impl Published {
+    fn new(
+        topic: TopicId,
+        name: Arc<str>,
+        seq: u64,
+        kind: MessageKind,
+        topic_kind: TopicKind,
+        payload: Box<[u8]>,
+    ) -> Self {
+        Published {
+            topic,
+            name,
+            seq,
+            kind,
+            topic_kind,
+            payload,
+            frames: Default::default(),
+        }
+    }
+
+    /// The message body of a shape, before framing.
+    fn body(&self, style: Style) -> (MessageKind, std::borrow::Cow<'_, [u8]>) {
+        match style {
+            Style::Raw => (self.kind, std::borrow::Cow::Borrowed(&self.payload)),
+            Style::Envelope => (MessageKind::Text, std::borrow::Cow::Owned(self.envelope())),
+        }
+    }
+
+    /// The `/ws` envelope. Text payloads travel as a JSON string; binary ones as base64 with
+    /// `"binary":true`.
+    pub fn envelope(&self) -> Vec<u8> {
+        let data = match (self.kind, std::str::from_utf8(&self.payload)) {
+            (MessageKind::Text, Ok(text)) => {
+                serde_json::json!({"topic": &*self.name, "seq": self.seq, "data": text})
+            }
+            _ => {
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&self.payload);
+                serde_json::json!({"topic": &*self.name, "seq": self.seq, "data": b64, "binary": true})
+            }
+        };
+        serde_json::to_vec(&data).expect("JSON of strings and numbers")
+    }
+
+    /// The frame for `style`, encoded on first use and shared afterwards. With `deflate`
+    /// (window bits and the worker's compressor for them) the frame is compressed.
+    pub fn frame(&self, style: Style, deflate: Option<(u8, &mut Deflater)>) -> Arc<[u8]> {
+        let col = deflate
+            .as_ref()
+            .map_or(0, |(bits, _)| usize::from(bits.clamp(&8, &15) - 7));
+        let slot = &self.frames[style as usize][col];
+        slot.get_or_init(|| {
+            let (kind, body) = self.body(style);
+            let mut out = Vec::with_capacity(body.len() + 14);
+            match deflate {
+                Some((_, d)) => {
+                    let mut z = Vec::with_capacity(body.len() / 2 + 16);
+                    d.compress(&body, &mut z);
+                    out.extend_from_slice(
+                        HeaderBuf::new(kind.opcode(), true, None, z.len()).as_bytes(),
+                    );
+                    out.extend_from_slice(&z);
+                }
+                None => {
+                    out.extend_from_slice(
+                        HeaderBuf::new(kind.opcode(), false, None, body.len()).as_bytes(),
+                    );
+                    out.extend_from_slice(&body);
+                }
+            }
+            out.into()
+        })
+        .clone()
+    }
+}
+
+/// What a worker receives from the hub.
+#[derive(Debug)]
+pub enum ToWorker {
+    Publish(Arc<Published>),
+}
+
+/// The answer to a publish: what `POST /publish/{topic}` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub topic: TopicId,
+    pub seq: u64,
+    /// Subscribers across all workers when the message was published.
+    pub subscribers: usize,
+}
+
+/// What a new subscriber gets: the messages to replay and where the live stream starts.
+#[derive(Debug)]
+pub struct Subscription {
+    pub topic: TopicId,
+    /// The last sequence number already published; live delivery continues after it.
+    pub last_seq: u64,
+    /// History to send first (only when `since` was given), oldest first.
+    pub replay: Vec<Arc<Published>>,
+    /// Set when the history no longer holds everything after `since`: the first sequence
+    /// number that is still available (messages between `since` and it are lost).
+    pub gap_until: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Topic {
+    name: Arc<str>,
+    kind: TopicKind,
+    last_seq: u64,
+    history: VecDeque<Arc<Published>>,
+    history_bytes: usize,
+    subscribers: usize,
+}
+
+#[derive(Debug, Default)]
+struct HubInner {
+    by_name: HashMap<Arc<str>, TopicId>,
+    topics: Vec<Topic>,
+}
+
+/// A worker's mailbox: the channel and the waker of its event loop.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    pub tx: Sender<ToWorker>,
+    pub waker: Arc<mio::Waker>,
+}
+
+/// The topic registry shared by all workers.
+#[derive(Debug)]
+pub struct Hub {
+    inner: Mutex<HubInner>,
+    mailboxes: OnceLock<Vec<Mailbox>>,
+    history: HistoryConfig,
+}
+
+impl Hub {
+    pub fn new(history: HistoryConfig) -> Hub {
+        Hub {
+            inner: Mutex::default(),
+            mailboxes: OnceLock::new(),
+            history,
+        }
+    }
+
+    /// Connects the workers; called once, before any publish.
+    pub fn set_mailboxes(&self, mailboxes: Vec<Mailbox>) {
+        let _ = self.mailboxes.set(mailboxes);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubInner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than stopping delivery would, so a poisoned lock is used as is.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The id of a topic, creating it on first use. The caller has checked the name.
+    pub fn topic(&self, name: &str, kind: TopicKind) -> TopicId {
+        Self::intern(&mut self.lock(), name, kind)
+    }
+
+    fn intern(inner: &mut HubInner, name: &str, kind: TopicKind) -> TopicId {
+        if let Some(&id) = inner.by_name.get(name) {
+            return id;
+        }
+        let id = inner.topics.len() as TopicId;
+        let name: Arc<str> = name.into();
+        inner.topics.push(Topic {
+            name: name.clone(),
+            kind,
+            last_seq: 0,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            subscribers: 0,
+        });
+        inner.by_name.insert(name, id);
+        id
+    }
+
+    /// Publishes a message to a topic (created as a stream topic if new) and hands it to every
+    /// worker.
+    pub fn publish(&self, name: &str, kind: MessageKind, payload: Box<[u8]>) -> Receipt {
+        let mut inner = self.lock();
+        let id = Self::intern(&mut inner, name, TopicKind::Stream);
+        self.publish_locked(&mut inner, id, kind, payload)
+    }
+
+    /// Publishes to a topic by id.
+    pub fn publish_id(&self, id: TopicId, kind: MessageKind, payload: Box<[u8]>) -> Receipt {
+        let mut inner = self.lock();
+        self.publish_locked(&mut inner, id, kind, payload)
+    }
+
+    fn publish_locked(
+        &self,
+        inner: &mut HubInner,
+        id: TopicId,
+        kind: MessageKind,
+        payload: Box<[u8]>,
+    ) -> Receipt {
+        let topic = &mut inner.topics[id as usize];
+        topic.last_seq += 1;
+        let msg = Arc::new(Published::new(
+            id,
+            topic.name.clone(),
+            topic.last_seq,
+            kind,
+            topic.kind,
+            payload,
+        ));
+        topic.history_bytes += msg.payload.len();
+        topic.history.push_back(msg.clone());
+        while topic.history.len() > 1
+            && (topic.history.len() > self.history.messages
+                || topic.history_bytes > self.history.bytes)
+        {
+            let old = topic.history.pop_front().expect("non-empty history");
+            topic.history_bytes -= old.payload.len();
+        }
+        let receipt = Receipt {
+            topic: id,
+            seq: topic.last_seq,
+            subscribers: topic.subscribers,
+        };
+        // Sent under the lock, so every worker sees one topic's messages in sequence order.
+        if let Some(mailboxes) = self.mailboxes.get() {
+            for m in mailboxes {
+                let _ = m.tx.send(ToWorker::Publish(msg.clone()));
+            }
+            for m in mailboxes {
+                let _ = m.waker.wake();
+            }
+        }
+        receipt
+    }
+
+    /// Registers a subscriber. With `since`, the messages after it that the history still holds
+    /// are returned for replay.
+    pub fn subscribe(&self, id: TopicId, since: Option<u64>) -> Subscription {
+        let mut inner = self.lock();
+        let topic = &mut inner.topics[id as usize];
+        topic.subscribers += 1;
+        let mut sub = Subscription {
+            topic: id,
+            last_seq: topic.last_seq,
+            replay: Vec::new(),
+            gap_until: None,
+        };
+        if let Some(since) = since {
+            let since = since.min(topic.last_seq);
+            let oldest = topic.history.front().map_or(topic.last_seq + 1, |m| m.seq);
+            if since + 1 < oldest {
+                sub.gap_until = Some(oldest);
+            }
+            sub.replay = topic
+                .history
+                .iter()
+                .filter(|m| m.seq > since)
+                .cloned()
+                .collect();
+        }
+        sub
+    }
+
+    /// The newest message of a topic, if any (for "latest value" feeds).
+    pub fn latest(&self, id: TopicId) -> Option<Arc<Published>> {
+        self.lock().topics[id as usize].history.back().cloned()
+    }
+
+    pub fn unsubscribe(&self, id: TopicId) {
+        let mut inner = self.lock();
+        let topic = &mut inner.topics[id as usize];
+        topic.subscribers = topic.subscribers.saturating_sub(1);
+    }
+
+    /// (name, subscribers, last sequence number) of every topic, sorted by name.
+    pub fn snapshot(&self) -> Vec<(String, usize, u64)> {
+        let inner = self.lock();
+        let mut v: Vec<_> = inner
+            .topics
+            .iter()
+            .map(|t| (t.name.to_string(), t.subscribers, t.last_seq))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        for ok in ["chat/lobby", "news/eu", "file/config", "a", "log/app-1.2_x"] {
+            assert!(is_valid_topic(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/chat",
+            "chat/",
+            "chat//x",
+            "chat/../x",
+            "chat/./x",
+            "ch at",
+            "chat/é",
+            &"x".repeat(129),
+        ] {
+            assert!(!is_valid_topic(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sequence_history_and_replay() {
+        let hub = Hub::new(HistoryConfig {
+            messages: 3,
+            bytes: 1000,
+        });
+        for i in 1..=5u8 {
+            let r = hub.publish("chat/a", MessageKind::Text, vec![b'0' + i].into());
+            assert_eq!(r.seq, u64::from(i));
+        }
+        let id = hub.topic("chat/a", TopicKind::Stream);
+        // History holds 3..=5: since 3 replays 4 and 5, no gap.
+        let s = hub.subscribe(id, Some(3));
+        assert_eq!(s.replay.iter().map(|m| m.seq).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!((s.last_seq, s.gap_until), (5, None));
+        // Since 1: message 2 is gone, so the gap is reported.
+        let s = hub.subscribe(id, Some(1));
+        assert_eq!(
+            s.replay.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        assert_eq!(s.gap_until, Some(3));
+        assert_eq!(
+            hub.publish("chat/a", MessageKind::Text, b"x".to_vec().into())
+                .subscribers,
+            2
+        );
+    }
+
+    #[test]
+    fn history_bounded_by_bytes_but_keeps_the_newest() {
+        let hub = Hub::new(HistoryConfig {
+            messages: 100,
+            bytes: 10,
+        });
+        hub.publish("t", MessageKind::Binary, vec![0; 6].into());
+        hub.publish("t", MessageKind::Binary, vec![0; 6].into());
+        hub.publish("t", MessageKind::Binary, vec![0; 50].into());
+        let id = hub.topic("t", TopicKind::Stream);
+        let s = hub.subscribe(id, Some(0));
+        assert_eq!(s.replay.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
+        assert_eq!(s.gap_until, Some(3));
+    }
+
+    #[test]
+    fn frames_are_encoded_once_per_shape() {
+        let hub = Hub::new(HistoryConfig::default());
+        hub.publish("chat/a", MessageKind::Text, "say \"hi\"".as_bytes().into());
+        let id = hub.topic("chat/a", TopicKind::Stream);
+        let msg = hub.latest(id).unwrap();
+        let a = msg.frame(Style::Raw, None);
+        let b = msg.frame(Style::Raw, None);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(&a[..], b"\x81\x08say \"hi\"");
+        let env = msg.frame(Style::Envelope, None);
+        let json: serde_json::Value = serde_json::from_slice(&env[2..]).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"topic": "chat/a", "seq": 1, "data": "say \"hi\""})
+        );
+        let mut d = Deflater::new(15, true, 1);
+        let z = msg.frame(Style::Raw, Some((15, &mut d)));
+        assert_eq!(z[0], 0xc1, "FIN + RSV1 + text");
+        let mut inf = crate::proto::Inflater::new(15, true);
+        let mut out = Vec::new();
+        inf.inflate(&z[2..], &mut out, 1 << 20).unwrap();
+        inf.finish(&mut out, 1 << 20).unwrap();
+        assert_eq!(out, b"say \"hi\"");
+    }
+}
