@@ -122,6 +122,9 @@ impl<'h, 'b> Request<'h, 'b> {
     ) -> Result<Option<Self>, HandshakeError> {
         let mut req = httparse::Request::new(storage);
         match req.parse(buf) {
+            Ok(httparse::Status::Complete(head_len)) if head_len > MAX_HEAD_LEN => {
+                Err(HandshakeError::HeadTooLarge)
+            }
             Ok(httparse::Status::Complete(head_len)) => Ok(Some(Request {
                 method: req.method.unwrap_or(""),
                 target: req.path.unwrap_or(""),

@@ -58,6 +58,8 @@ pub(super) struct Conn {
     pub paused: bool,
     /// The write side was shut (Linger).
     pub write_shut: bool,
+    /// The peer shut its write side; the connection closes once its output drains.
+    pub peer_closed: bool,
     pub phase: Phase,
     /// Received bytes not consumed yet (part of a request head, frame header or control frame).
     pub inbuf: Vec<u8>,
@@ -84,6 +86,7 @@ impl Conn {
             dead: false,
             paused: false,
             write_shut: false,
+            peer_closed: false,
             phase: Phase::Handshake,
             inbuf: Vec::new(),
             out: Vec::new(),

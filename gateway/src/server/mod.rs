@@ -56,7 +56,8 @@ pub struct Config {
     /// Origins allowed to open WebSockets (exact match of the `Origin` header). Empty: any
     /// origin. Requests without `Origin` (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
-    /// Subprotocols offered, in order of preference. Default none.
+    /// Subprotocols the server speaks. Of those the client offers, the first in the client's
+    /// order is chosen (the client lists its preference). Default none.
     pub subprotocols: Vec<String>,
     pub deflate: DeflateConfig,
 }

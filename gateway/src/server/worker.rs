@@ -104,11 +104,13 @@ impl Worker {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let cfg = &shared.config;
+        // Events are stamped with the tick they happened in, which may be nearly over; one tick
+        // more keeps every deadline from firing early (they fire up to one tick late).
         let deadlines = Deadlines {
-            handshake: timer::ticks(cfg.handshake_timeout),
-            ping: timer::ticks(cfg.ping_interval),
-            pong: timer::ticks(cfg.pong_timeout),
-            grace: timer::ticks(cfg.close_grace),
+            handshake: timer::ticks(cfg.handshake_timeout) + 1,
+            ping: timer::ticks(cfg.ping_interval) + 1,
+            pong: timer::ticks(cfg.pong_timeout) + 1,
+            grace: timer::ticks(cfg.close_grace) + 1,
         };
         // Reserve the slab for this worker's share of connections up front: the pages are only
         // committed when touched, so the reservation costs no resident memory, and the slab never
@@ -210,8 +212,7 @@ impl Worker {
                     if open >= self.shared.config.max_conns {
                         self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
                         WorkerStats::add(&self.stats().refused_max_conns_total, 1);
-                        // Best effort: a fresh socket's send buffer is empty, so this fits.
-                        let _ = stream.write(RESPONSE_503);
+                        refuse_at_capacity(&stream);
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
@@ -288,14 +289,25 @@ impl Worker {
     fn read_ready(&mut self, key: usize) {
         for _ in 0..READS_PER_TURN {
             let conn = &mut self.conns[key];
+            if conn.peer_closed {
+                return;
+            }
             if conn.queued() > self.shared.config.max_queued {
                 conn.paused = true;
                 return;
             }
             let n = match conn.stream.read(&mut self.read_buf) {
                 Ok(0) => {
-                    // The peer is gone (or finished lingering): nothing more can happen here.
-                    self.close(key);
+                    // The peer will send nothing more. Output it has not received yet (echoes,
+                    // the close reply) still goes out: close once it has drained.
+                    if conn.queued() == 0 {
+                        self.close(key);
+                    } else {
+                        conn.peer_closed = true;
+                        if matches!(conn.phase, Phase::Open(_)) {
+                            self.linger(key);
+                        }
+                    }
                     return;
                 }
                 Ok(n) => n,
@@ -792,6 +804,10 @@ impl Worker {
             conn.out.drain(..conn.out_pos);
             conn.out_pos = 0;
         }
+        if conn.queued() == 0 && conn.peer_closed {
+            self.close(key);
+            return;
+        }
         if conn.queued() == 0 && matches!(conn.phase, Phase::Linger) && !conn.write_shut {
             conn.write_shut = true;
             let _ = conn.stream.shutdown(Shutdown::Write);
@@ -904,6 +920,23 @@ impl Worker {
                 }
             }
             self.close(key);
+        }
+    }
+}
+
+/// Answers 503 on a connection over the limit without giving it a slot: the answer (which fits
+/// a fresh socket's send buffer), a FIN, and whatever request bytes already arrived are read, so
+/// closing does not reset the connection and destroy the answer. Bytes arriving later can still
+/// draw a reset; a client over the limit gets best effort, not a slot.
+fn refuse_at_capacity(stream: &mio::net::TcpStream) {
+    let mut s = stream;
+    let _ = s.write(RESPONSE_503);
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    for _ in 0..4 {
+        match s.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
         }
     }
 }
