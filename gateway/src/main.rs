@@ -53,6 +53,16 @@ struct Args {
     /// Refuse permessage-deflate.
     #[arg(long)]
     no_deflate: bool,
+    /// Bearer token that `POST /publish/..` from non-loopback clients must present. Without
+    /// one, only loopback clients may publish.
+    #[arg(long, env = "GATEWAY_PUBLISH_TOKEN", hide_env_values = true)]
+    publish_token: Option<String>,
+    /// Messages kept per topic for `since` recovery.
+    #[arg(long, default_value_t = 256)]
+    history: usize,
+    /// Payload bytes kept per topic for `since` recovery.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    history_bytes: usize,
     /// Ask clients to compress every message on its own (saves a 32 KiB window per chatty
     /// connection, costs compression ratio).
     #[arg(long)]
@@ -108,6 +118,11 @@ fn main() -> ExitCode {
             request_client_no_context_takeover: args.deflate_no_client_context,
             ..DeflateConfig::default()
         },
+        history: gateway::router::HistoryConfig {
+            messages: args.history.max(1),
+            bytes: args.history_bytes,
+        },
+        publish_token: args.publish_token.filter(|t| !t.is_empty()),
         ..defaults
     };
     match Server::start(config.clone()) {

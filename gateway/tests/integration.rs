@@ -40,5 +40,7 @@ mod plain_http;
 mod refusals;
 #[path = "integration/scale.rs"]
 mod scale;
+#[path = "integration/topics.rs"]
+mod topics;
 #[path = "integration/violations.rs"]
 mod violations;

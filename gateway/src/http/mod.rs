@@ -1,16 +1,27 @@
-//! Routing on the one port, and the plain HTTP answers (index, health, metrics, 404).
+//! Routing on the one port, and the plain HTTP answers (pages, health, metrics, 404).
 //!
 //! The event loop parses the request head (with `proto::handshake`) and asks [`route`] what the
-//! path is. WebSocket endpoints go through the upgrade; everything else is answered here with one
-//! response and the connection is closed.
+//! path is. WebSocket endpoints go through the upgrade; `POST /publish/{topic}` is handled by
+//! the loop (it needs the hub); everything else is answered here with one response.
+
+pub mod pages;
 
 use crate::proto::handshake::{Request, write_http_response};
 
-/// What a request path is.
+/// What a request path is. Routes with a parameter (room, topic) carry it in [`route`]'s
+/// second return value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// `GET /echo` (WebSocket): echoes every message.
     Echo,
+    /// `GET /ws/chat/{room}` (WebSocket): every message goes to everyone in the room.
+    Chat,
+    /// `GET /ws` (WebSocket): the multiplexed JSON protocol (docs/PROTOCOL.md).
+    Multiplex,
+    /// `GET /chat/{room}`: the chat page.
+    ChatPage,
+    /// `POST /publish/{topic}`: a backend publishes a message.
+    Publish,
     /// `GET /healthz`: liveness.
     Health,
     /// `GET /metrics`: Prometheus text.
@@ -23,24 +34,37 @@ pub enum Route {
 impl Route {
     /// Whether this route is a WebSocket endpoint.
     pub fn is_websocket(self) -> bool {
-        matches!(self, Route::Echo)
+        matches!(self, Route::Echo | Route::Chat | Route::Multiplex)
     }
 }
 
-/// Maps a request path (without query) to a route.
-pub fn route(path: &str) -> Route {
-    match path {
+/// Maps a request path (without query) to a route and its parameter ("" when none).
+pub fn route(path: &str) -> (Route, &str) {
+    if let Some(room) = path.strip_prefix("/ws/chat/") {
+        return (Route::Chat, room);
+    }
+    if let Some(room) = path.strip_prefix("/chat/") {
+        return (Route::ChatPage, room);
+    }
+    if let Some(topic) = path.strip_prefix("/publish/") {
+        return (Route::Publish, topic);
+    }
+    let r = match path {
         "/echo" => Route::Echo,
+        "/ws" => Route::Multiplex,
         "/healthz" => Route::Health,
         "/metrics" => Route::Metrics,
         "/" => Route::Index,
         _ => Route::NotFound,
-    }
+    };
+    (r, "")
 }
 
 /// What the plain routes need to know about the server.
 pub struct PlainContext<'a> {
     pub metrics: &'a dyn Fn() -> String,
+    /// (topic, subscribers, last sequence number) of every topic.
+    pub topics: &'a dyn Fn() -> Vec<(String, usize, u64)>,
 }
 
 impl std::fmt::Debug for PlainContext<'_> {
@@ -53,6 +77,7 @@ impl std::fmt::Debug for PlainContext<'_> {
 pub fn respond(
     req: &Request<'_, '_>,
     route: Route,
+    param: &str,
     ctx: &PlainContext<'_>,
     out: &mut Vec<u8>,
 ) -> u16 {
@@ -68,6 +93,7 @@ pub fn respond(
         );
         return 405;
     }
+    const HTML: &str = "text/html; charset=utf-8";
     let (status, ctype, body): (u16, &str, Vec<u8>) = match route {
         Route::Health => (200, "text/plain; charset=utf-8", b"ok\n".to_vec()),
         Route::Metrics => (
@@ -75,14 +101,11 @@ pub fn respond(
             "text/plain; version=0.0.4",
             (ctx.metrics)().into_bytes(),
         ),
-        Route::Index => (
-            200,
-            "text/html; charset=utf-8",
-            INDEX_HTML.as_bytes().to_vec(),
-        ),
-        Route::NotFound | Route::Echo => {
-            (404, "text/plain; charset=utf-8", b"not found\n".to_vec())
+        Route::Index => (200, HTML, pages::index(&(ctx.topics)()).into_bytes()),
+        Route::ChatPage if crate::router::is_valid_topic(param) && !param.contains('/') => {
+            (200, HTML, pages::chat(param).into_bytes())
         }
+        _ => (404, "text/plain; charset=utf-8", b"not found\n".to_vec()),
     };
     let mut response = Vec::new();
     write_http_response(&mut response, status, &[], ctype, &body, false);
@@ -93,18 +116,6 @@ pub fn respond(
     status
 }
 
-const INDEX_HTML: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>push gateway</title></head>
-<body>
-<h1>push gateway</h1>
-<ul>
-<li><code>GET /echo</code> (WebSocket): echoes every message, text or binary</li>
-<li><a href="/healthz"><code>GET /healthz</code></a>: liveness</li>
-<li><a href="/metrics"><code>GET /metrics</code></a>: Prometheus counters</li>
-</ul>
-</body></html>
-"#;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,15 +123,19 @@ mod tests {
     #[test]
     fn routes() {
         let table = [
-            ("/echo", Route::Echo),
-            ("/healthz", Route::Health),
-            ("/metrics", Route::Metrics),
-            ("/", Route::Index),
-            ("/echo/", Route::NotFound),
-            ("/nope", Route::NotFound),
+            ("/echo", Route::Echo, ""),
+            ("/ws", Route::Multiplex, ""),
+            ("/ws/chat/lobby", Route::Chat, "lobby"),
+            ("/chat/lobby", Route::ChatPage, "lobby"),
+            ("/publish/news/eu", Route::Publish, "news/eu"),
+            ("/healthz", Route::Health, ""),
+            ("/metrics", Route::Metrics, ""),
+            ("/", Route::Index, ""),
+            ("/echo/", Route::NotFound, ""),
+            ("/nope", Route::NotFound, ""),
         ];
-        for (path, r) in table {
-            assert_eq!(route(path), r, "{path}");
+        for (path, r, param) in table {
+            assert_eq!(route(path), (r, param), "{path}");
         }
     }
 }

@@ -6,8 +6,10 @@
 
 use mio::net::TcpStream;
 
+use super::outbox::Outbox;
 use crate::http::Route;
 use crate::proto::{Inflater, Reader};
+use crate::router::TopicId;
 
 /// A connection's lifecycle phase.
 #[derive(Debug)]
@@ -34,6 +36,8 @@ pub(super) struct Ws {
     /// Window bits for what the server sends, when permessage-deflate was negotiated.
     pub send_deflate: Option<u8>,
     pub route: Route,
+    /// Topics this connection is subscribed to (unallocated when none).
+    pub topics: Vec<TopicId>,
     /// A close frame has gone out; nothing else may follow it.
     pub close_sent: bool,
 }
@@ -63,9 +67,8 @@ pub(super) struct Conn {
     pub phase: Phase,
     /// Received bytes not consumed yet (part of a request head, frame header or control frame).
     pub inbuf: Vec<u8>,
-    /// Output the socket has not taken yet, from `out_pos` on.
-    pub out: Vec<u8>,
-    pub out_pos: usize,
+    /// Output the socket has not taken yet; `None` when everything went out.
+    pub out: Option<Box<Outbox>>,
 }
 
 /// The per-connection cost is this struct; keep it from creeping (see docs/BENCHMARKS.md).
@@ -89,13 +92,12 @@ impl Conn {
             peer_closed: false,
             phase: Phase::Handshake,
             inbuf: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
+            out: None,
         }
     }
 
     /// Bytes queued for the socket.
     pub fn queued(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.as_ref().map_or(0, |o| o.queued())
     }
 }

@@ -7,6 +7,7 @@
 //! counters that `/metrics` sums.
 
 mod conn;
+mod outbox;
 mod pool;
 pub mod stats;
 pub mod timer;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::proto::DeflateConfig;
+use crate::router::{HistoryConfig, Hub, Mailbox};
 pub use stats::{Stats, WorkerStats};
 
 /// Everything the server can be told. `Default` is the out-of-the-box configuration.
@@ -60,6 +62,13 @@ pub struct Config {
     /// order is chosen (the client lists its preference). Default none.
     pub subprotocols: Vec<String>,
     pub deflate: DeflateConfig,
+    /// Bounds of each topic's history (for `since` recovery).
+    pub history: HistoryConfig,
+    /// Bearer token that `POST /publish/..` from non-loopback addresses must present. Default
+    /// none: only loopback clients may publish.
+    pub publish_token: Option<String>,
+    /// Let loopback clients publish without the token. Default true.
+    pub trust_loopback: bool,
 }
 
 impl Default for Config {
@@ -79,6 +88,9 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             subprotocols: Vec::new(),
             deflate: DeflateConfig::default(),
+            history: HistoryConfig::default(),
+            publish_token: None,
+            trust_loopback: true,
         }
     }
 }
@@ -105,6 +117,7 @@ pub(crate) struct Shared {
     pub shutdown: AtomicBool,
     pub open_conns: AtomicUsize,
     pub stats: Stats,
+    pub hub: Hub,
 }
 
 /// The server starter; see [`Server::start`].
@@ -120,15 +133,28 @@ impl Server {
         let local_addr = listeners[0].local_addr()?;
         let shared = Arc::new(Shared {
             stats: Stats::new(workers),
+            hub: Hub::new(config.history),
             config,
             shutdown: AtomicBool::new(false),
             open_conns: AtomicUsize::new(0),
         });
         let mut wakers = Vec::new();
-        let mut threads = Vec::new();
+        let mut mailboxes = Vec::new();
+        let mut built = Vec::new();
         for (id, listener) in listeners.into_iter().enumerate() {
-            let (worker, waker) = worker::Worker::new(id, listener, shared.clone())?;
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let (worker, waker) = worker::Worker::new(id, listener, shared.clone(), rx)?;
+            mailboxes.push(Mailbox {
+                tx,
+                waker: waker.clone(),
+            });
             wakers.push(waker);
+            built.push(worker);
+        }
+        // Every worker can receive before any can publish.
+        shared.hub.set_mailboxes(mailboxes);
+        let mut threads = Vec::new();
+        for (id, worker) in built.into_iter().enumerate() {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("gw-worker-{id}"))
@@ -199,6 +225,11 @@ impl ServerHandle {
 
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// The topic hub, to publish from the embedding program (file watchers, tests).
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
     }
 
     /// Connections open right now (WebSocket and HTTP).

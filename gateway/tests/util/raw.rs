@@ -366,6 +366,18 @@ impl RawWs {
         String::from_utf8(f.payload[2..].to_vec()).expect("close reason is UTF-8")
     }
 
+    /// Reads and discards data frames until a close frame, which must carry `code`; returns the
+    /// reason. For a client that fell behind and is being closed.
+    pub fn drain_until_close(&mut self, code: u16) -> String {
+        loop {
+            let f = self.read_frame();
+            if f.opcode == CLOSE {
+                assert_eq!(f.close_code(), Some(code), "close frame {f:?}");
+                return String::from_utf8(f.payload[2..].to_vec()).expect("close reason is UTF-8");
+            }
+        }
+    }
+
     /// Checks the server has closed the connection: the next read is a clean EOF, with no
     /// bytes before it.
     pub fn expect_eof(&mut self) {

@@ -7,7 +7,9 @@
 //! writable event drains the queued output. While the input of one read is processed, small
 //! frames owed to that connection are corked into one per-worker buffer and written with one
 //! syscall when the read is done; larger ones are written straight to the socket. Only what the
-//! socket did not take is copied into a pooled buffer of the connection.
+//! socket did not take is queued in the connection's [`Outbox`].
+//!
+//! Topic delivery, the publish API and the `/ws` protocol live in [`feeds`].
 
 use std::io::{self, IoSlice, Read, Write};
 use std::mem;
@@ -16,12 +18,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::Shared;
+mod feeds;
+
 use super::conn::{Conn, Phase, Ws};
+use super::outbox::Outbox;
 use super::pool::BufPool;
 use super::stats::WorkerStats;
 use super::timer::{self, Entry, TimerWheel};
@@ -32,6 +38,8 @@ use crate::proto::{
     CloseCode, CloseFrame, DeflateParams, Deflater, Event, HeaderBuf, MessageKind, OpCode,
     ProtocolError, Reader, Role,
 };
+use crate::router::ToWorker;
+use crate::router::local::{LocalTopics, Sub};
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
@@ -90,6 +98,18 @@ pub(crate) struct Worker {
     /// Connections that used up their read budget and still have input.
     backlog: Vec<(usize, u32)>,
     accept_errors: u64,
+    /// Published messages from the hub.
+    mailbox: Receiver<ToWorker>,
+    /// This worker's subscriptions.
+    local: LocalTopics,
+    due_subs: Vec<Sub>,
+    /// Empty outboxes, reused with their queue's capacity. Kept boxed because a connection
+    /// holds its outbox as one pointer (`Conn` stays small), so reuse moves no allocation.
+    #[expect(
+        clippy::vec_box,
+        reason = "connections hold outboxes boxed; the pool hands the boxes back"
+    )]
+    outboxes: Vec<Box<Outbox>>,
 }
 
 impl Worker {
@@ -97,6 +117,7 @@ impl Worker {
         id: usize,
         listener: StdListener,
         shared: Arc<Shared>,
+        mailbox: Receiver<ToWorker>,
     ) -> io::Result<(Worker, Arc<Waker>)> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(listener);
@@ -135,6 +156,10 @@ impl Worker {
             next_generation: 0,
             backlog: Vec::new(),
             accept_errors: 0,
+            mailbox,
+            local: LocalTopics::default(),
+            due_subs: Vec::new(),
+            outboxes: Vec::new(),
             shared,
         };
         Ok((worker, waker))
@@ -187,6 +212,7 @@ impl Worker {
                     }
                 }
             }
+            self.drain_mailbox();
             for (key, generation) in mem::take(&mut self.backlog) {
                 if self.is_live(key, generation) {
                     self.read_ready(key);
@@ -277,11 +303,12 @@ impl Worker {
     fn close(&mut self, key: usize) {
         let conn = self.conns.remove(key);
         if let Phase::Open(ws) = conn.phase {
-            WorkerStats::add(&self.stats().ws_closed_total, 1);
-            self.pool.put(ws.msg);
+            self.end_ws(key, conn.generation, ws);
         }
         self.pool.put(conn.inbuf);
-        self.pool.put(conn.out);
+        if let Some(out) = conn.out {
+            out.recycle(&mut self.pool);
+        }
         self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
         // Dropping the stream closes the socket, which also removes it from the epoll set.
     }
@@ -401,13 +428,21 @@ impl Worker {
                 return input.len();
             }
         };
-        let route = http::route(req.path());
+        let (route, param) = http::route(req.path());
+        if route == Route::Publish {
+            return self.publish_request(key, &req, param, input);
+        }
         if !route.is_websocket() {
             if req.is_upgrade() {
                 self.refuse_status(key, 404);
             } else {
-                self.answer_plain(key, &req, route);
+                self.answer_plain(key, &req, route, param);
             }
+            return input.len();
+        }
+        // A chat room is one topic segment.
+        if route == Route::Chat && (param.contains('/') || !crate::router::is_valid_topic(param)) {
+            self.refuse_status(key, 404);
             return input.len();
         }
         let shared = self.shared.clone();
@@ -430,6 +465,9 @@ impl Worker {
                 self.send_parts(key, &[&resp]);
                 self.scratch = resp;
                 self.open(key, route, accepted.deflate);
+                if route == Route::Chat {
+                    self.subscribe_chat(key, param);
+                }
                 req.head_len
             }
             Err(e) => {
@@ -439,16 +477,21 @@ impl Worker {
         }
     }
 
-    fn answer_plain(&mut self, key: usize, req: &Request<'_, '_>, route: Route) {
+    fn answer_plain(&mut self, key: usize, req: &Request<'_, '_>, route: Route, param: &str) {
         let shared = self.shared.clone();
         let metrics = || {
             shared
                 .stats
                 .render_prometheus(shared.open_conns.load(Ordering::Relaxed))
         };
+        let topics = || shared.hub.snapshot();
         let mut out = mem::take(&mut self.scratch);
         out.clear();
-        let status = http::respond(req, route, &PlainContext { metrics: &metrics }, &mut out);
+        let ctx = PlainContext {
+            metrics: &metrics,
+            topics: &topics,
+        };
+        let status = http::respond(req, route, param, &ctx, &mut out);
         self.count_status(status);
         WorkerStats::add(&self.stats().http_requests_total, 1);
         self.send_parts(key, &[&out]);
@@ -491,7 +534,9 @@ impl Worker {
         let s = self.stats();
         let counter = match status {
             400 => &s.http_refused_400_total,
+            401 => &s.http_refused_401_total,
             403 => &s.http_refused_403_total,
+            413 => &s.http_refused_413_total,
             404 => &s.http_refused_404_total,
             405 => &s.http_refused_405_total,
             426 => &s.http_refused_426_total,
@@ -514,6 +559,7 @@ impl Worker {
             inflater: None,
             send_deflate: deflate.map(|d| d.sending(Role::Server).0),
             route,
+            topics: Vec::new(),
             close_sent: false,
         });
         conn.since = self.now;
@@ -583,9 +629,12 @@ impl Worker {
     }
 
     fn on_message(&mut self, key: usize, route: Route, kind: MessageKind, payload: &[u8]) {
-        // Only WebSocket routes reach the open phase; echo is the one so far.
-        if route == Route::Echo {
-            self.send_message(key, kind, payload);
+        match route {
+            Route::Echo => self.send_message(key, kind, payload),
+            Route::Chat => self.chat_message(key, kind, payload),
+            Route::Multiplex => self.multiplex_message(key, kind, payload),
+            // Only WebSocket routes reach the open phase.
+            _ => {}
         }
     }
 
@@ -679,13 +728,24 @@ impl Worker {
         self.linger(key);
     }
 
+    /// Releases what an open WebSocket held: its buffers and its subscriptions.
+    fn end_ws(&mut self, key: usize, generation: u32, ws: Ws) {
+        WorkerStats::add(&self.shared.stats.worker(self.id).ws_closed_total, 1);
+        self.pool.put(ws.msg);
+        for topic in ws.topics {
+            self.local.remove(topic, key as u32, generation);
+            self.shared.hub.unsubscribe(topic);
+        }
+    }
+
     fn linger(&mut self, key: usize) {
         self.flush_cork(key);
         let conn = &mut self.conns[key];
+        let generation = conn.generation;
         if let Phase::Open(ws) = mem::replace(&mut conn.phase, Phase::Linger) {
-            self.pool.put(ws.msg);
-            WorkerStats::add(&self.shared.stats.worker(self.id).ws_closed_total, 1);
+            self.end_ws(key, generation, ws);
         }
+        let conn = &mut self.conns[key];
         conn.since = self.now;
         if conn.queued() == 0 && !conn.write_shut {
             conn.write_shut = true;
@@ -752,16 +812,16 @@ impl Worker {
         if written == total {
             return;
         }
-        if conn.out.capacity() == 0 {
-            conn.out = self.pool.get();
-        }
+        let out = conn
+            .out
+            .get_or_insert_with(|| self.outboxes.pop().unwrap_or_default());
         let mut skip = written;
         for part in parts {
             if skip >= part.len() {
                 skip -= part.len();
                 continue;
             }
-            conn.out.extend_from_slice(&part[skip..]);
+            out.push_owned(&part[skip..], &mut self.pool);
             skip = 0;
         }
     }
@@ -769,40 +829,22 @@ impl Worker {
     /// Writes queued output (on a writable event).
     fn flush(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        let mut written = 0;
-        while conn.out_pos < conn.out.len() {
-            match conn.stream.write(&conn.out[conn.out_pos..]) {
-                Ok(0) => {
-                    conn.dead = true;
-                    break;
-                }
-                Ok(n) => {
-                    conn.out_pos += n;
-                    written += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    conn.dead = true;
-                    break;
-                }
+        let Some(out) = conn.out.as_mut() else { return };
+        match out.write_to(&mut conn.stream, &mut self.pool) {
+            Ok(written) => WorkerStats::add(
+                &self.shared.stats.worker(self.id).bytes_out_total,
+                written as u64,
+            ),
+            Err(_) => {
+                conn.dead = true;
+                return;
             }
         }
-        WorkerStats::add(
-            &self.shared.stats.worker(self.id).bytes_out_total,
-            written as u64,
-        );
-        if conn.dead {
-            return;
-        }
-        if conn.out_pos == conn.out.len() && conn.out_pos > 0 {
-            conn.out.clear();
-            conn.out_pos = 0;
-            self.pool.release_if_empty(&mut conn.out);
-        } else if conn.out_pos > conn.out.len() / 2 && conn.out_pos > 64 * 1024 {
-            // Reclaim the written half so a slow reader's buffer does not keep growing.
-            conn.out.drain(..conn.out_pos);
-            conn.out_pos = 0;
+        if out.is_empty() {
+            let out = conn.out.take().expect("checked above");
+            if self.outboxes.len() < POOL_MAX {
+                self.outboxes.push(out);
+            }
         }
         if conn.queued() == 0 && conn.peer_closed {
             self.close(key);

@@ -1,0 +1,136 @@
+//! The HTML pages the gateway serves: the index and the chat room. Each is one self-contained
+//! document (inline CSS and JS, no CDN), so it works without network access.
+
+use std::fmt::Write as _;
+
+/// Escapes text for HTML element content and attribute values.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:2em auto;max-width:46em;padding:0 1em}\
+code{background:#f3f3f3;padding:0 .2em}table{border-collapse:collapse}td,th{padding:.2em .8em;text-align:left;border-bottom:1px solid #ddd}";
+
+/// The index: endpoints and the topics with their subscriber counts.
+pub fn index(topics: &[(String, usize, u64)]) -> String {
+    let mut rows = String::new();
+    for (name, subs, seq) in topics {
+        let link = match name.strip_prefix("chat/") {
+            Some(room) => format!(" <a href=\"/chat/{}\">page</a>", esc(room)),
+            None => String::new(),
+        };
+        let _ = write!(
+            rows,
+            "<tr><td><code>{}</code>{link}</td><td>{subs}</td><td>{seq}</td></tr>",
+            esc(name)
+        );
+    }
+    if rows.is_empty() {
+        rows.push_str("<tr><td colspan=3>no topics yet</td></tr>");
+    }
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>push gateway</title><style>{STYLE}</style></head>
+<body>
+<h1>push gateway</h1>
+<h2>Topics</h2>
+<table><tr><th>topic</th><th>subscribers</th><th>messages</th></tr>{rows}</table>
+<h2>Endpoints</h2>
+<ul>
+<li><a href="/chat/lobby"><code>/chat/{{room}}</code></a>: a chat room page; its socket is <code>/ws/chat/{{room}}</code></li>
+<li><code>/ws</code> (WebSocket): subscribe, unsubscribe and publish to topics with a small JSON protocol</li>
+<li><code>POST /publish/{{topic}}</code>: backends publish a message to a topic</li>
+<li><code>/echo</code> (WebSocket): echoes every message</li>
+<li><a href="/healthz"><code>/healthz</code></a>, <a href="/metrics"><code>/metrics</code></a></li>
+</ul>
+</body></html>
+"#
+    )
+}
+
+/// The chat page for `room`: join with a name, send, see everyone's messages live, and see when
+/// the connection drops (it reconnects on its own).
+pub fn chat(room: &str) -> String {
+    let room_json = serde_json::to_string(room).expect("a string");
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>chat: {room_html}</title>
+<style>{STYLE}
+#log{{border:1px solid #ccc;height:22em;overflow-y:auto;padding:.5em;margin:.5em 0}}
+#log div{{margin:.1em 0}} .sys{{color:#888;font-style:italic}} .name{{font-weight:600}}
+form{{display:flex;gap:.5em}} #msg{{flex:1}}</style></head>
+<body>
+<h1>chat: {room_html}</h1>
+<p id="status" class="sys">connecting…</p>
+<form id="join"><input id="name" placeholder="your name" maxlength="40" required><button>join</button></form>
+<div id="log" aria-live="polite"></div>
+<form id="send" hidden><input id="msg" placeholder="message" maxlength="2000" autocomplete="off"><button>send</button></form>
+<script>
+"use strict";
+const room = {room_json};
+const log = document.getElementById("log");
+const status = document.getElementById("status");
+let ws = null, name = null, retry = 500;
+function line(cls, parts) {{
+  const d = document.createElement("div");
+  if (cls) d.className = cls;
+  for (const [c, t] of parts) {{ const s = document.createElement("span"); if (c) s.className = c; s.textContent = t; d.appendChild(s); }}
+  const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 5;
+  log.appendChild(d);
+  if (atBottom) log.scrollTop = log.scrollHeight;
+}}
+function connect() {{
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  ws = new WebSocket(proto + "//" + location.host + "/ws/chat/" + encodeURIComponent(room));
+  ws.onopen = () => {{ status.textContent = "connected"; retry = 500; }};
+  ws.onmessage = (ev) => {{
+    let m;
+    try {{ m = JSON.parse(ev.data); }} catch (_) {{ m = null; }}
+    if (m && typeof m.username === "string" && typeof m.message === "string") line(null, [["name", m.username + ": "], [null, m.message]]);
+    else line(null, [[null, String(ev.data)]]);
+  }};
+  ws.onclose = (ev) => {{
+    status.textContent = "disconnected (" + (ev.code || "no code") + (ev.reason ? ": " + ev.reason : "") + "), reconnecting…";
+    line("sys", [[null, "connection closed"]]);
+    setTimeout(connect, retry); retry = Math.min(retry * 2, 10000);
+  }};
+}}
+document.getElementById("join").onsubmit = (e) => {{
+  e.preventDefault();
+  name = document.getElementById("name").value.trim();
+  if (!name) return;
+  e.target.hidden = true;
+  document.getElementById("send").hidden = false;
+  document.getElementById("msg").focus();
+}};
+document.getElementById("send").onsubmit = (e) => {{
+  e.preventDefault();
+  const input = document.getElementById("msg");
+  const text = input.value;
+  if (!text || !ws || ws.readyState !== WebSocket.OPEN) return;
+  ws.send(JSON.stringify({{username: name, message: text}}));
+  input.value = "";
+}};
+connect();
+</script>
+</body></html>
+"#,
+        room_html = esc(room),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pages_escape_and_need_no_network() {
+        let page = super::chat("lobby");
+        assert!(page.contains("const room = \"lobby\";"));
+        assert!(!page.contains("http://") && !page.contains("https://"));
+        let index = super::index(&[("chat/a<b".into(), 3, 9)]);
+        assert!(index.contains("chat/a&lt;b") && index.contains("<td>3</td>"));
+    }
+}
