@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Browser-level test: the chat page (and the file page, when the gateway has --watch) driven in
+# headless Chromium over WebDriver (scripts/browser/e2e.py, standard-library Python only).
+# Installs Debian's chromium and chromium-driver when missing, if running as root and either
+# CI=true or --install is given; otherwise says what to install.
+#   scripts/browser-test.sh [--install] [--gateway PATH]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+install=0
+gateway=""
+for arg in "$@"; do
+  case "$arg" in
+    --install) install=1 ;;
+    --gateway=*) gateway=${arg#--gateway=} ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    *) echo "browser-test: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && { [ "${CI:-}" = true ] || [ "$install" = 1 ]; }; then
+    echo "browser-test: installing chromium and chromium-driver (Debian packages)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "browser-test: needs chromium and chromedriver: apt-get install chromium chromium-driver" >&2
+    echo "              (or run as root with --install, as CI does)" >&2
+    exit 3
+  fi
+fi
+
+if [ -z "$gateway" ]; then
+  cargo build --release -q -p gateway
+  gateway=target/release/gateway
+fi
+
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+watched="$work/notes.txt"
+echo "starting" > "$watched"
+args=(--listen "127.0.0.1:$port")
+file_arg=()
+if "$gateway" --help | grep -q -- '--watch'; then
+  args+=(--watch "notes=$watched")
+  file_arg=(--file "notes=$watched")
+fi
+"$gateway" "${args[@]}" >"$work/gateway.log" 2>&1 &
+gw_pid=$!
+trap 'kill $gw_pid 2>/dev/null || true; wait $gw_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 100); do
+  if python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then break; fi
+  sleep 0.1
+done
+python3 scripts/browser/e2e.py --base "http://127.0.0.1:$port" "${file_arg[@]}" --shots target/browser
