@@ -268,6 +268,8 @@ impl Deflater {
 pub struct Inflater {
     inner: Decompress,
     no_context_takeover: bool,
+    /// The peer ended the DEFLATE stream (a BFINAL block) inside the current message.
+    ended: bool,
 }
 
 impl Inflater {
@@ -276,6 +278,7 @@ impl Inflater {
         Inflater {
             inner: Decompress::new_with_window_bits(false, window_bits.clamp(9, 15)),
             no_context_takeover,
+            ended: false,
         }
     }
 
@@ -285,6 +288,10 @@ impl Inflater {
     }
 
     /// Decompresses a piece of a message, appending to `out`, which may not grow past `limit`.
+    ///
+    /// A peer may end the DEFLATE stream with a final block (RFC 7692 allows BFINAL). Whatever
+    /// follows it in the same message, the 4-byte tail included, is ignored, and the next
+    /// message starts a new stream, however the bytes were split across reads.
     pub fn inflate(
         &mut self,
         mut input: &[u8],
@@ -292,6 +299,9 @@ impl Inflater {
         limit: usize,
     ) -> Result<(), ProtocolError> {
         loop {
+            if self.ended {
+                return Ok(());
+            }
             if out.len() == out.capacity() {
                 let room = (limit + 1)
                     .saturating_sub(out.len())
@@ -309,11 +319,8 @@ impl Inflater {
             }
             input = &input[(self.inner.total_in() - in_before) as usize..];
             if status == Status::StreamEnd {
-                // The peer ended the DEFLATE stream with a final block; start a fresh one.
                 self.inner.reset(false);
-                if !input.is_empty() {
-                    return Err(ProtocolError::BadCompressedData);
-                }
+                self.ended = true;
                 return Ok(());
             }
             let progressed = out.len() != out_before || self.inner.total_in() != in_before;
@@ -332,6 +339,7 @@ impl Inflater {
         if self.no_context_takeover || r.is_err() {
             self.inner.reset(false);
         }
+        self.ended = false;
         r
     }
 }
@@ -455,6 +463,33 @@ mod tests {
             Err(ProtocolError::MessageTooBig { limit: 1000 })
         );
         assert!(out.capacity() < 70_000, "reserved {} bytes", out.capacity());
+    }
+
+    #[test]
+    fn a_final_block_ends_the_message_however_the_input_is_split() {
+        // A raw DEFLATE stream ending in a final block, then trailing junk in the same message.
+        let mut c = Compress::new_with_window_bits(Compression::new(6), false, 15);
+        let mut wire = Vec::with_capacity(64);
+        c.compress_vec(b"final block", &mut wire, FlushCompress::Finish)
+            .unwrap();
+        wire.extend_from_slice(&[0xde, 0xad]);
+        for split in 1..wire.len() {
+            let mut i = Inflater::new(15, false);
+            let mut out = Vec::new();
+            let (a, b) = wire.split_at(split);
+            i.inflate(a, &mut out, 1 << 20).unwrap();
+            i.inflate(b, &mut out, 1 << 20).unwrap();
+            i.finish(&mut out, 1 << 20).unwrap();
+            assert_eq!(out, b"final block", "split {split}");
+            // The next message starts a fresh stream.
+            let mut d = Deflater::new(15, true, 6);
+            let mut next = Vec::new();
+            d.compress(b"next", &mut next);
+            let mut out = Vec::new();
+            i.inflate(&next, &mut out, 1 << 20).unwrap();
+            i.finish(&mut out, 1 << 20).unwrap();
+            assert_eq!(out, b"next");
+        }
     }
 
     #[test]
