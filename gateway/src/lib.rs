@@ -3,9 +3,11 @@
 //! - [`proto`]: the sans-I/O RFC 6455 / RFC 7692 core, shared by the server and `loadgen`.
 //! - [`server`]: the mio event loop: workers, connections, buffers, timers.
 //! - [`router`]: topics, sequence numbers, history, and frames encoded once for all subscribers.
+//! - [`apps`]: what feeds topics from files: file watch (`file/NAME`) and log tail (`log/NAME`).
 //! - [`http`]: routing of requests on the one port, and the plain HTTP answers.
 //! - [`sys`]: the few operating-system calls std does not wrap (resource limits).
 
+pub mod apps;
 pub mod http;
 pub mod proto;
 pub mod router;

@@ -2,6 +2,7 @@
 //! the server until it is killed.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -67,6 +68,31 @@ struct Args {
     /// connection, costs compression ratio).
     #[arg(long)]
     deflate_no_client_context: bool,
+    /// Watch a file (repeatable): its whole content is pushed to topic `file/NAME` whenever it
+    /// changes; see `/file/NAME` and `/ws/file/NAME`. A missing file is reported to subscribers
+    /// and followed once it appears.
+    #[arg(long, value_name = "NAME=PATH", value_parser = parse_feed)]
+    watch: Vec<(String, PathBuf)>,
+    /// Tail a log (repeatable): each line appended to it is pushed to topic `log/NAME`; see
+    /// `/ws/log/NAME?last=N`. Truncation and rotation are followed.
+    #[arg(long, value_name = "NAME=PATH", value_parser = parse_feed)]
+    tail: Vec<(String, PathBuf)>,
+}
+
+/// Parses `NAME=PATH` for `--watch` and `--tail`: NAME is one topic segment.
+fn parse_feed(s: &str) -> Result<(String, PathBuf), String> {
+    let Some((name, path)) = s.split_once('=') else {
+        return Err(format!("'{s}' is not NAME=PATH (try config=/etc/app.conf)"));
+    };
+    if !gateway::apps::is_valid_feed_name(name) {
+        return Err(format!(
+            "'{name}' is not a feed name: use 1 to 128 of A-Z a-z 0-9 _ . - (no slash)"
+        ));
+    }
+    if path.is_empty() {
+        return Err(format!("'{s}' has no path after '='"));
+    }
+    Ok((name.to_owned(), PathBuf::from(path)))
 }
 
 /// Parses `250ms`, `10s`, `2m` or a plain number of seconds.
@@ -123,6 +149,8 @@ fn main() -> ExitCode {
             bytes: args.history_bytes,
         },
         publish_token: args.publish_token.filter(|t| !t.is_empty()),
+        watch: args.watch,
+        tail: args.tail,
         ..defaults
     };
     match Server::start(config.clone()) {
@@ -175,5 +203,40 @@ mod tests {
         assert_eq!(a.listen.port(), 80);
         assert_eq!(a.max_message, 16 << 20);
         assert!(Args::try_parse_from(["gateway", "--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn feed_flags() {
+        let a = Args::try_parse_from([
+            "gateway",
+            "--watch",
+            "config=/etc/app.conf",
+            "--watch",
+            "motd=rel/a=b.txt",
+            "--tail",
+            "app=/var/log/app.log",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.watch,
+            [
+                ("config".into(), PathBuf::from("/etc/app.conf")),
+                ("motd".into(), PathBuf::from("rel/a=b.txt"))
+            ]
+        );
+        assert_eq!(a.tail, [("app".into(), PathBuf::from("/var/log/app.log"))]);
+        for bad in [
+            "config",
+            "=/etc/x",
+            "a/b=/etc/x",
+            "..=/x",
+            "a b=/x",
+            "name=",
+        ] {
+            let e = parse_feed(bad).unwrap_err();
+            assert!(e.contains(bad.split('=').next().unwrap()), "{bad}: {e}");
+            assert!(Args::try_parse_from(["gateway", "--watch", bad]).is_err());
+            assert!(Args::try_parse_from(["gateway", "--tail", bad]).is_err());
+        }
     }
 }

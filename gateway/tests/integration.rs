@@ -13,6 +13,8 @@
 //! - `deadlines`: handshake timeout, keep-alive pings and the pong timeout.
 //! - `plain_http`: `/healthz`, `/metrics`, `/`, unknown paths.
 //! - `isolation`: a misbehaving client never hurts the others.
+//! - `topics`: chat rooms, the publish API, the `/ws` protocol, slow consumers.
+//! - `feeds`: file watch and log tail: writes, atomic replace, delete, truncation, rotation.
 //! - `scale`: thousands of idle connections on one gateway all still echo.
 //!
 //! The independent client is `tungstenite`; what it cannot do (fragment on demand, break the
@@ -28,6 +30,8 @@ mod deadlines;
 mod deflate;
 #[path = "integration/echo.rs"]
 mod echo;
+#[path = "integration/feeds.rs"]
+mod feeds;
 #[path = "integration/fragments.rs"]
 mod fragments;
 #[path = "integration/handshake.rs"]

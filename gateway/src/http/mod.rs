@@ -20,6 +20,12 @@ pub enum Route {
     Multiplex,
     /// `GET /chat/{room}`: the chat page.
     ChatPage,
+    /// `GET /ws/file/{name}?lastMod=<hex ns>` (WebSocket): a watched file's content.
+    File,
+    /// `GET /file/{name}`: the page showing a watched file, updated live.
+    FilePage,
+    /// `GET /ws/log/{name}?last=N` (WebSocket): the lines appended to a tailed log.
+    Log,
     /// `POST /publish/{topic}`: a backend publishes a message.
     Publish,
     /// `GET /healthz`: liveness.
@@ -34,7 +40,10 @@ pub enum Route {
 impl Route {
     /// Whether this route is a WebSocket endpoint.
     pub fn is_websocket(self) -> bool {
-        matches!(self, Route::Echo | Route::Chat | Route::Multiplex)
+        matches!(
+            self,
+            Route::Echo | Route::Chat | Route::Multiplex | Route::File | Route::Log
+        )
     }
 }
 
@@ -45,6 +54,15 @@ pub fn route(path: &str) -> (Route, &str) {
     }
     if let Some(room) = path.strip_prefix("/chat/") {
         return (Route::ChatPage, room);
+    }
+    if let Some(name) = path.strip_prefix("/ws/file/") {
+        return (Route::File, name);
+    }
+    if let Some(name) = path.strip_prefix("/file/") {
+        return (Route::FilePage, name);
+    }
+    if let Some(name) = path.strip_prefix("/ws/log/") {
+        return (Route::Log, name);
     }
     if let Some(topic) = path.strip_prefix("/publish/") {
         return (Route::Publish, topic);
@@ -65,6 +83,9 @@ pub struct PlainContext<'a> {
     pub metrics: &'a dyn Fn() -> String,
     /// (topic, subscribers, last sequence number) of every topic.
     pub topics: &'a dyn Fn() -> Vec<(String, usize, u64)>,
+    /// A watched file's current content (or error text) and its stamp; `None` when no file of
+    /// that name is watched.
+    pub file: &'a dyn Fn(&str) -> Option<(String, u64)>,
 }
 
 impl std::fmt::Debug for PlainContext<'_> {
@@ -105,6 +126,10 @@ pub fn respond(
         Route::ChatPage if crate::router::is_valid_topic(param) && !param.contains('/') => {
             (200, HTML, pages::chat(param).into_bytes())
         }
+        Route::FilePage => match (ctx.file)(param) {
+            Some((content, stamp)) => (200, HTML, pages::file(param, &content, stamp).into_bytes()),
+            None => (404, "text/plain; charset=utf-8", b"not found\n".to_vec()),
+        },
         _ => (404, "text/plain; charset=utf-8", b"not found\n".to_vec()),
     };
     let mut response = Vec::new();
@@ -127,6 +152,9 @@ mod tests {
             ("/ws", Route::Multiplex, ""),
             ("/ws/chat/lobby", Route::Chat, "lobby"),
             ("/chat/lobby", Route::ChatPage, "lobby"),
+            ("/ws/file/config", Route::File, "config"),
+            ("/file/config", Route::FilePage, "config"),
+            ("/ws/log/app", Route::Log, "app"),
             ("/publish/news/eu", Route::Publish, "news/eu"),
             ("/healthz", Route::Health, ""),
             ("/metrics", Route::Metrics, ""),

@@ -1,4 +1,5 @@
-//! The HTML pages the gateway serves: the index and the chat room. Each is one self-contained
+//! The HTML pages the gateway serves: the index, the chat room and the watched file. Each is one
+//! self-contained
 //! document (inline CSS and JS, no CDN), so it works without network access.
 
 use std::fmt::Write as _;
@@ -19,9 +20,12 @@ code{background:#f3f3f3;padding:0 .2em}table{border-collapse:collapse}td,th{padd
 pub fn index(topics: &[(String, usize, u64)]) -> String {
     let mut rows = String::new();
     for (name, subs, seq) in topics {
-        let link = match name.strip_prefix("chat/") {
-            Some(room) => format!(" <a href=\"/chat/{}\">page</a>", esc(room)),
-            None => String::new(),
+        let link = if let Some(room) = name.strip_prefix("chat/") {
+            format!(" <a href=\"/chat/{}\">page</a>", esc(room))
+        } else if let Some(file) = name.strip_prefix("file/") {
+            format!(" <a href=\"/file/{}\">page</a>", esc(file))
+        } else {
+            String::new()
         };
         let _ = write!(
             rows,
@@ -42,6 +46,8 @@ pub fn index(topics: &[(String, usize, u64)]) -> String {
 <h2>Endpoints</h2>
 <ul>
 <li><a href="/chat/lobby"><code>/chat/{{room}}</code></a>: a chat room page; its socket is <code>/ws/chat/{{room}}</code></li>
+<li><code>/file/{{name}}</code>: a watched file (<code>--watch NAME=PATH</code>), updated live; its socket is <code>/ws/file/{{name}}?lastMod=&lt;hex ns&gt;</code></li>
+<li><code>/ws/log/{{name}}?last=N</code> (WebSocket): each line appended to a tailed log (<code>--tail NAME=PATH</code>), after the last N lines</li>
 <li><code>/ws</code> (WebSocket): subscribe, unsubscribe and publish to topics with a small JSON protocol</li>
 <li><code>POST /publish/{{topic}}</code>: backends publish a message to a topic</li>
 <li><code>/echo</code> (WebSocket): echoes every message</li>
@@ -123,6 +129,51 @@ connect();
     )
 }
 
+/// The page for watched file `name`: its content now (`content`, the text of the version with
+/// stamp `stamp`) in a `<pre>`, replaced by every newer version the socket pushes. Reconnects
+/// ask with `lastMod`, so only a newer version is sent again.
+pub fn file(name: &str, content: &str, stamp: u64) -> String {
+    let name_json = serde_json::to_string(name).expect("a string");
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>file: {name_html}</title>
+<style>{STYLE}
+body{{max-width:none}} pre{{border:1px solid #ccc;padding:.5em;white-space:pre-wrap;word-break:break-all}}
+.sys{{color:#888;font-style:italic}}</style></head>
+<body>
+<h1>file: {name_html}</h1>
+<p id="status" class="sys">connecting…</p>
+<pre id="content">{content_html}</pre>
+<script>
+"use strict";
+const name = {name_json};
+const lastMod = "{stamp:x}";
+const content = document.getElementById("content");
+const status = document.getElementById("status");
+let retry = 500;
+function connect() {{
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(proto + "//" + location.host + "/ws/file/" + encodeURIComponent(name) + "?lastMod=" + lastMod);
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => {{ status.textContent = "connected: changes appear as they happen"; retry = 500; }};
+  ws.onmessage = (ev) => {{
+    content.textContent = typeof ev.data === "string" ? ev.data : new TextDecoder().decode(ev.data);
+    status.textContent = "updated " + new Date().toLocaleTimeString();
+  }};
+  ws.onclose = (ev) => {{
+    status.textContent = "disconnected (" + (ev.code || "no code") + (ev.reason ? ": " + ev.reason : "") + "), reconnecting…";
+    setTimeout(connect, retry); retry = Math.min(retry * 2, 10000);
+  }};
+}}
+connect();
+</script>
+</body></html>
+"#,
+        name_html = esc(name),
+        content_html = esc(content),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -132,5 +183,11 @@ mod tests {
         assert!(!page.contains("http://") && !page.contains("https://"));
         let index = super::index(&[("chat/a<b".into(), 3, 9)]);
         assert!(index.contains("chat/a&lt;b") && index.contains("<td>3</td>"));
+        let index = super::index(&[("file/conf".into(), 0, 1)]);
+        assert!(index.contains("<a href=\"/file/conf\">page</a>"));
+        let page = super::file("conf", "</pre><script>x", 0x1f);
+        assert!(page.contains("&lt;/pre&gt;&lt;script&gt;x</pre>"));
+        assert!(page.contains("const lastMod = \"1f\";"));
+        assert!(!page.contains("http://") && !page.contains("https://"));
     }
 }

@@ -50,7 +50,8 @@ pub enum TopicKind {
     Latest,
 }
 
-/// Bounds of each topic's history ring.
+/// Bounds of each topic's history ring. A [`TopicKind::Latest`] topic keeps only its newest
+/// message.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryConfig {
     /// Messages kept per topic. Default 256.
@@ -86,6 +87,9 @@ pub struct Published {
     pub kind: MessageKind,
     pub topic_kind: TopicKind,
     pub payload: Box<[u8]>,
+    /// A version stamp the publisher may set (0 when unused): for `file/..` topics, the file's
+    /// modification time in nanoseconds, which `/ws/file/{name}?lastMod=` compares against.
+    pub stamp: u64,
     /// Encoded frames: [style][0 = uncompressed, 1..=8 = window bits 8..=15].
     frames: [[OnceLock<Arc<[u8]>>; 9]; 2],
 }
@@ -98,6 +102,7 @@ impl Published {
         kind: MessageKind,
         topic_kind: TopicKind,
         payload: Box<[u8]>,
+        stamp: u64,
     ) -> Self {
         Published {
             topic,
@@ -106,6 +111,7 @@ impl Published {
             kind,
             topic_kind,
             payload,
+            stamp,
             frames: Default::default(),
         }
     }
@@ -273,13 +279,25 @@ impl Hub {
     pub fn publish(&self, name: &str, kind: MessageKind, payload: Box<[u8]>) -> Receipt {
         let mut inner = self.lock();
         let id = Self::intern(&mut inner, name, TopicKind::Stream);
-        self.publish_locked(&mut inner, id, kind, payload)
+        self.publish_locked(&mut inner, id, kind, payload, 0)
     }
 
     /// Publishes to a topic by id.
     pub fn publish_id(&self, id: TopicId, kind: MessageKind, payload: Box<[u8]>) -> Receipt {
         let mut inner = self.lock();
-        self.publish_locked(&mut inner, id, kind, payload)
+        self.publish_locked(&mut inner, id, kind, payload, 0)
+    }
+
+    /// Publishes to a topic by id with a version stamp ([`Published::stamp`]).
+    pub fn publish_stamped(
+        &self,
+        id: TopicId,
+        kind: MessageKind,
+        payload: Box<[u8]>,
+        stamp: u64,
+    ) -> Receipt {
+        let mut inner = self.lock();
+        self.publish_locked(&mut inner, id, kind, payload, stamp)
     }
 
     fn publish_locked(
@@ -288,6 +306,7 @@ impl Hub {
         id: TopicId,
         kind: MessageKind,
         payload: Box<[u8]>,
+        stamp: u64,
     ) -> Receipt {
         let topic = &mut inner.topics[id as usize];
         topic.last_seq += 1;
@@ -298,11 +317,15 @@ impl Hub {
             kind,
             topic.kind,
             payload,
+            stamp,
         ));
         topic.history_bytes += msg.payload.len();
         topic.history.push_back(msg.clone());
+        // A "latest value" topic keeps only its newest message: older versions are worth
+        // nothing to anyone (a `since` subscriber is told of the gap and gets the newest).
         while topic.history.len() > 1
-            && (topic.history.len() > self.history.messages
+            && (topic.kind == TopicKind::Latest
+                || topic.history.len() > self.history.messages
                 || topic.history_bytes > self.history.bytes)
         {
             let old = topic.history.pop_front().expect("non-empty history");
@@ -443,6 +466,20 @@ mod tests {
         let s = hub.subscribe(id, Some(0));
         assert_eq!(s.replay.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
         assert_eq!(s.gap_until, Some(3));
+    }
+
+    #[test]
+    fn latest_topics_keep_only_the_newest_message_and_its_stamp() {
+        let hub = Hub::new(HistoryConfig::default());
+        let id = hub.topic("file/a", TopicKind::Latest);
+        hub.publish_stamped(id, MessageKind::Text, b"v1".to_vec().into(), 10);
+        hub.publish_stamped(id, MessageKind::Text, b"v2".to_vec().into(), 20);
+        let s = hub.subscribe(id, Some(0));
+        assert_eq!(s.replay.len(), 1);
+        assert_eq!((&*s.replay[0].payload, s.replay[0].stamp), (&b"v2"[..], 20));
+        assert_eq!(s.gap_until, Some(2));
+        hub.publish_id(id, MessageKind::Text, b"v3".to_vec().into());
+        assert_eq!(hub.latest(id).unwrap().stamp, 0);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! accepted it. Nothing on the per-message path takes a lock: the only state shared between
 //! workers is configuration (read-only), the open-connection count (one atomic) and per-worker
 //! counters that `/metrics` sums.
+//!
+//! The feeds configured with `--watch` and `--tail` ([`crate::apps`]) run on threads of their
+//! own, started here and stopped with the workers.
 
 mod conn;
 mod outbox;
@@ -15,6 +18,7 @@ mod worker;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -22,6 +26,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::apps::{self, SourceHandle};
 use crate::proto::DeflateConfig;
 use crate::router::{HistoryConfig, Hub, Mailbox};
 pub use stats::{Stats, WorkerStats};
@@ -69,6 +74,13 @@ pub struct Config {
     pub publish_token: Option<String>,
     /// Let loopback clients publish without the token. Default true.
     pub trust_loopback: bool,
+    /// Watched files (`--watch NAME=PATH`): the whole content of PATH goes to topic
+    /// `file/NAME` whenever it changes, served at `/ws/file/NAME` and `/file/NAME`. Names are
+    /// one topic segment ([`apps::is_valid_feed_name`]). Default none.
+    pub watch: Vec<(String, PathBuf)>,
+    /// Tailed logs (`--tail NAME=PATH`): each line appended to PATH goes to topic `log/NAME`,
+    /// served at `/ws/log/NAME`. Default none.
+    pub tail: Vec<(String, PathBuf)>,
 }
 
 impl Default for Config {
@@ -91,6 +103,8 @@ impl Default for Config {
             history: HistoryConfig::default(),
             publish_token: None,
             trust_loopback: true,
+            watch: Vec::new(),
+            tail: Vec::new(),
         }
     }
 }
@@ -117,7 +131,8 @@ pub(crate) struct Shared {
     pub shutdown: AtomicBool,
     pub open_conns: AtomicUsize,
     pub stats: Stats,
-    pub hub: Hub,
+    /// Shared with the feed threads, which publish to it.
+    pub hub: Arc<Hub>,
 }
 
 /// The server starter; see [`Server::start`].
@@ -125,15 +140,17 @@ pub(crate) struct Shared {
 pub struct Server;
 
 impl Server {
-    /// Binds the listeners and starts the workers. Errors (address in use, bad address) are
-    /// returned before any thread starts.
+    /// Binds the listeners and starts the workers and the feeds. Errors (address in use, bad
+    /// address, a bad feed name) are returned before any thread starts. A watched or tailed
+    /// file that is missing is not an error: it is reported, and followed once it appears.
     pub fn start(config: Config) -> io::Result<ServerHandle> {
+        apps::check_names(&config.watch, &config.tail)?;
         let workers = config.workers.max(1);
         let listeners = bind_listeners(&config, workers)?;
         let local_addr = listeners[0].local_addr()?;
         let shared = Arc::new(Shared {
             stats: Stats::new(workers),
-            hub: Hub::new(config.history),
+            hub: Arc::new(Hub::new(config.history)),
             config,
             shutdown: AtomicBool::new(false),
             open_conns: AtomicUsize::new(0),
@@ -153,6 +170,9 @@ impl Server {
         }
         // Every worker can receive before any can publish.
         shared.hub.set_mailboxes(mailboxes);
+        // The feeds create their topics (with their kind) and publish their first version
+        // before any client can subscribe.
+        let sources = apps::start(&shared.hub, &shared.config.watch, &shared.config.tail)?;
         let mut threads = Vec::new();
         for (id, worker) in built.into_iter().enumerate() {
             threads.push(
@@ -166,6 +186,7 @@ impl Server {
             shared,
             wakers,
             threads,
+            sources,
         })
     }
 }
@@ -215,6 +236,7 @@ pub struct ServerHandle {
     shared: Arc<Shared>,
     wakers: Vec<Arc<mio::Waker>>,
     threads: Vec<JoinHandle<()>>,
+    sources: Vec<SourceHandle>,
 }
 
 impl ServerHandle {
@@ -237,18 +259,26 @@ impl ServerHandle {
         self.shared.open_conns.load(Ordering::Relaxed)
     }
 
-    /// Asks every worker to stop: open WebSockets are sent close 1001 and all sockets are closed.
+    /// Asks every worker to stop: open WebSockets are sent close 1001 and all sockets are
+    /// closed. The feeds stop too.
     pub fn shutdown(&self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         for w in &self.wakers {
             let _ = w.wake();
         }
+        for s in &self.sources {
+            s.stop();
+        }
     }
 
-    /// Waits until the workers have stopped (after [`ServerHandle::shutdown`], or forever).
+    /// Waits until the workers have stopped (after [`ServerHandle::shutdown`], or forever),
+    /// then stops the feeds and waits for them.
     pub fn join(mut self) {
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        for s in self.sources.drain(..) {
+            s.join();
         }
     }
 }
@@ -260,6 +290,9 @@ impl Drop for ServerHandle {
             for t in self.threads.drain(..) {
                 let _ = t.join();
             }
+        }
+        for s in self.sources.drain(..) {
+            s.join();
         }
     }
 }

@@ -48,7 +48,7 @@ impl Worker {
     }
 
     /// Queues (or writes) one message's frame to one subscriber.
-    fn deliver_to(&mut self, sub: &Sub, msg: &Arc<Published>) {
+    pub(super) fn deliver_to(&mut self, sub: &Sub, msg: &Arc<Published>) {
         let key = sub.key as usize;
         if !self.is_live(key, sub.generation) {
             return;

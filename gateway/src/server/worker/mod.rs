@@ -9,7 +9,8 @@
 //! syscall when the read is done; larger ones are written straight to the socket. Only what the
 //! socket did not take is queued in the connection's [`Outbox`].
 //!
-//! Topic delivery, the publish API and the `/ws` protocol live in [`feeds`].
+//! Topic delivery, the publish API and the `/ws` protocol live in [`feeds`]; the file and log
+//! feed sockets in [`sources`].
 
 use std::io::{self, IoSlice, Read, Write};
 use std::mem;
@@ -25,6 +26,7 @@ use slab::Slab;
 
 use super::Shared;
 mod feeds;
+mod sources;
 
 use super::conn::{Conn, Phase, Ws};
 use super::outbox::Outbox;
@@ -445,6 +447,11 @@ impl Worker {
             self.refuse_status(key, 404);
             return input.len();
         }
+        // A file or log socket must name a configured feed.
+        if matches!(route, Route::File | Route::Log) && !self.feed_configured(route, param) {
+            self.refuse_status(key, 404);
+            return input.len();
+        }
         let shared = self.shared.clone();
         let cfg = &shared.config;
         let origin_check = |origin: &str| cfg.allowed_origins.iter().any(|a| a == origin);
@@ -465,8 +472,10 @@ impl Worker {
                 self.send_parts(key, &[&resp]);
                 self.scratch = resp;
                 self.open(key, route, accepted.deflate);
-                if route == Route::Chat {
-                    self.subscribe_chat(key, param);
+                match route {
+                    Route::Chat => self.subscribe_chat(key, param),
+                    Route::File | Route::Log => self.subscribe_feed(key, route, param, req.query()),
+                    _ => {}
                 }
                 req.head_len
             }
@@ -485,11 +494,13 @@ impl Worker {
                 .render_prometheus(shared.open_conns.load(Ordering::Relaxed))
         };
         let topics = || shared.hub.snapshot();
+        let file = |name: &str| sources::file_view(&shared, name);
         let mut out = mem::take(&mut self.scratch);
         out.clear();
         let ctx = PlainContext {
             metrics: &metrics,
             topics: &topics,
+            file: &file,
         };
         let status = http::respond(req, route, param, &ctx, &mut out);
         self.count_status(status);
