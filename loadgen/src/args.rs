@@ -1,0 +1,464 @@
+//! Command-line flags, and their validation into a [`Config`].
+//!
+//! Flags are parsed by clap, then checked together (a ws:// URL, at least one connection, a
+//! payload big enough to verify, enough loopback source addresses). Every problem becomes one
+//! line of text; `main` prints it and exits with status 2, so a bad invocation never panics and
+//! never starts a half-configured run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::url::{self, Endpoint};
+
+/// The smallest echo payload: sequence number, send time and connection index (see
+/// `payload::write_echo`).
+pub const ECHO_MIN_SIZE: usize = 20;
+/// Largest `--size`: far above what a push gateway carries, far below what would exhaust memory.
+pub const MAX_SIZE: usize = 16 << 20;
+
+/// What the clients do once connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+pub enum Scenario {
+    /// Open N connections at a controlled rate, hold them, close them cleanly.
+    Connect,
+    /// N connections, each with --pipeline messages in flight to an echo endpoint.
+    Echo,
+    /// N subscribers on a topic; a publisher sends --rate messages/s to it.
+    Fanout,
+}
+
+/// How the fan-out publisher reaches the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+pub enum PublisherKind {
+    /// `POST /publish/TOPIC` over one keep-alive HTTP/1.1 connection.
+    Http,
+    /// Text messages on its own WebSocket to the topic URL (a chat client).
+    Ws,
+}
+
+/// Opens tens of thousands of WebSocket clients and measures latency.
+///
+/// Exit status: 0 when every client did what was asked; 3 when the run finished but some
+/// connections failed, some echo did not verify or some delivery was lost; 2 for bad flags;
+/// 1 when the run could not be made (server unreachable, a worker process died).
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version)]
+pub struct Args {
+    /// Target URL [default: ws://127.0.0.1:8080/echo; for fanout ws://127.0.0.1:8080/ws/chat/loadgen].
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Connections (clients; for fanout, subscribers) to open.
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    #[arg(long, value_enum, default_value_t = Scenario::Connect)]
+    pub scenario: Scenario,
+    /// How long to hold (connect), echo (echo) or publish (fanout) once every connection is open.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// New connections per second while ramping up; 0 opens them as fast as --max-pending allows.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub connect_rate: f64,
+    /// Connections in their TCP or WebSocket handshake at once, across all threads.
+    #[arg(long, default_value_t = 512)]
+    pub max_pending: usize,
+    /// Echo: messages in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// Message size in bytes (echo: at least 20; fanout: the JSON is padded up to it).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Fanout: messages per second the publisher sends.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Fanout: how the publisher sends.
+    #[arg(long, value_enum, default_value_t = PublisherKind::Http)]
+    pub publisher: PublisherKind,
+    /// Fanout: the HTTP publish URL [default: derived from --url, /ws/TOPIC -> /publish/TOPIC].
+    #[arg(long)]
+    pub publish_url: Option<String>,
+    /// Fanout: bearer token for the publish API (`Authorization: Bearer TOKEN`); the gateway
+    /// asks for one from non-loopback publishers.
+    #[arg(long, value_name = "TOKEN")]
+    pub publish_token: Option<String>,
+    /// Limit on each connect + handshake, on draining the last echoes or deliveries, and on
+    /// the close handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Event-loop threads in all [default: number of CPUs].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Worker processes [default: as many as the open-file limit requires; 1 runs in-process].
+    #[arg(long)]
+    pub procs: Option<usize>,
+    /// Loopback targets: connections per source address 127.0.0.K. Each address has its own
+    /// ~28k ephemeral ports toward one server port, but the kernel's search for a free port in
+    /// connect() slows down as they fill (and gave EADDRNOTAVAIL near 15k here); 5000 keeps it
+    /// cheap and still reaches 1.27 million connections over 127.0.0.1-254.
+    #[arg(long, default_value_t = 5_000)]
+    pub per_addr: usize,
+    /// Write every figure as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report with charts to this file.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// Process whose CPU time and memory to report beside loadgen's (repeatable, or comma-separated).
+    #[arg(long = "target-pid", value_name = "PID", value_delimiter = ',')]
+    pub target_pids: Vec<u32>,
+    /// No live progress line.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// A validated run description. It is also what the parent hands each worker process (as
+/// JSON), so every field has a plain serialisable form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub scenario: Scenario,
+    pub target: Endpoint,
+    /// The URL as given, for reports.
+    pub url: String,
+    pub conns: usize,
+    pub duration: Duration,
+    /// Connections per second while ramping; 0 = unlimited.
+    pub connect_rate: f64,
+    pub max_pending: usize,
+    pub pipeline: usize,
+    pub size: usize,
+    pub rate: f64,
+    pub publisher: PublisherKind,
+    /// The HTTP publish endpoint (fanout with the HTTP publisher).
+    pub publish: Option<Endpoint>,
+    pub publish_token: Option<String>,
+    pub timeout: Duration,
+    pub threads: usize,
+    /// Worker processes; 0 = decide from the open-file limit.
+    pub procs: usize,
+    pub per_addr: usize,
+    pub json: Option<PathBuf>,
+    pub report: Option<PathBuf>,
+    pub target_pids: Vec<u32>,
+    pub quiet: bool,
+    /// The loadgen binary to start worker processes from [default: this executable]. Tests
+    /// that call [`crate::run`] from another binary set it.
+    pub exe: Option<PathBuf>,
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 10s or 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' in '{s}' (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("'{s}' must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl Args {
+    /// Checks the flags together and resolves the URLs.
+    pub fn into_config(self) -> Result<Config, String> {
+        if self.conns == 0 {
+            return Err("--conns must be at least 1".into());
+        }
+        if self.pipeline == 0 {
+            return Err("--pipeline must be at least 1".into());
+        }
+        if self.max_pending == 0 {
+            return Err("--max-pending must be at least 1".into());
+        }
+        if self.per_addr == 0 {
+            return Err("--per-addr must be at least 1".into());
+        }
+        if !(self.connect_rate.is_finite() && self.connect_rate >= 0.0) {
+            return Err("--connect-rate must be a number >= 0 (0: unlimited)".into());
+        }
+        if self.size > MAX_SIZE {
+            return Err(format!("--size must be at most {MAX_SIZE} bytes"));
+        }
+        if self.scenario == Scenario::Echo && self.size < ECHO_MIN_SIZE {
+            return Err(format!(
+                "--size must be at least {ECHO_MIN_SIZE} for echo: every payload carries its \
+                 sequence number, send time and connection, so the echo can be verified"
+            ));
+        }
+        if self.scenario == Scenario::Fanout && !(self.rate.is_finite() && self.rate > 0.0) {
+            return Err("--rate must be a positive number of messages per second".into());
+        }
+        let threads = match self.threads {
+            Some(0) => return Err("--threads must be at least 1".into()),
+            Some(t) => t,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let procs = match self.procs {
+            Some(0) => return Err("--procs must be at least 1".into()),
+            Some(p) if p > self.conns => {
+                return Err(format!(
+                    "--procs {p} is more than --conns {}: every process needs a connection",
+                    self.conns
+                ));
+            }
+            Some(p) => p,
+            None => 0,
+        };
+        let default_url = match self.scenario {
+            Scenario::Fanout => "ws://127.0.0.1:8080/ws/chat/loadgen",
+            _ => "ws://127.0.0.1:8080/echo",
+        };
+        let url = self.url.unwrap_or_else(|| default_url.to_string());
+        let target = url::parse_ws(&url).map_err(|e| format!("--url {e}"))?;
+        if target.is_loopback_v4() && self.conns.div_ceil(self.per_addr) > 254 {
+            return Err(format!(
+                "{} connections at --per-addr {} need more than the 254 source addresses \
+                 127.0.0.1-127.0.0.254; raise --per-addr",
+                self.conns, self.per_addr
+            ));
+        }
+        let publish = match (self.scenario, self.publisher, &self.publish_url) {
+            (Scenario::Fanout, PublisherKind::Http, Some(u)) => {
+                Some(url::parse_http(u).map_err(|e| format!("--publish-url {e}"))?)
+            }
+            (Scenario::Fanout, PublisherKind::Http, None) => Some(url::publish_url_for(&target)?),
+            _ => None,
+        };
+        Ok(Config {
+            scenario: self.scenario,
+            target,
+            url,
+            conns: self.conns,
+            duration: self.duration,
+            connect_rate: self.connect_rate,
+            max_pending: self.max_pending,
+            pipeline: self.pipeline,
+            size: self.size,
+            rate: self.rate,
+            publisher: self.publisher,
+            publish,
+            publish_token: self.publish_token,
+            timeout: self.timeout,
+            threads,
+            procs,
+            per_addr: self.per_addr,
+            json: self.json,
+            report: self.report,
+            target_pids: self.target_pids,
+            quiet: self.quiet,
+            exe: None,
+        })
+    }
+}
+
+/// Parses and validates a command line (without the program name handling clap does for
+/// `--help`/`--version`; those come back as `Err` with clap's text, see `main`).
+pub fn parse<I, T>(argv: I) -> Result<Config, ArgError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args = Args::try_parse_from(argv).map_err(ArgError::Clap)?;
+    args.into_config().map_err(ArgError::Invalid)
+}
+
+/// Why a command line was not accepted.
+#[derive(Debug)]
+pub enum ArgError {
+    /// clap's own verdict, including `--help` and `--version` (which are not errors).
+    Clap(clap::Error),
+    /// The flags parse but do not make sense together; one line.
+    Invalid(String),
+}
+
+impl ArgError {
+    /// `Some(text)` for `--help`/`--version`, which print and exit 0.
+    pub fn info(&self) -> Option<String> {
+        match self {
+            ArgError::Clap(e)
+                if matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                ) =>
+            {
+                Some(e.render().to_string())
+            }
+            _ => None,
+        }
+    }
+
+    /// The error as one line (clap's message without its usage block).
+    pub fn line(&self) -> String {
+        match self {
+            ArgError::Clap(e) => {
+                let text = e.render().to_string();
+                let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                first.trim_start_matches("error: ").to_string()
+            }
+            ArgError::Invalid(s) => s.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(args: &[&str]) -> Config {
+        let mut argv = vec!["loadgen"];
+        argv.extend_from_slice(args);
+        parse(argv).unwrap_or_else(|e| panic!("{args:?}: {}", e.line()))
+    }
+
+    fn err(args: &[&str]) -> String {
+        let mut argv = vec!["loadgen"];
+        argv.extend_from_slice(args);
+        let e = parse(argv).expect_err("should be refused");
+        assert!(e.info().is_none());
+        let line = e.line();
+        assert!(!line.contains('\n') && !line.is_empty(), "{line:?}");
+        line
+    }
+
+    #[test]
+    fn defaults() {
+        let c = ok(&[]);
+        assert_eq!(c.scenario, Scenario::Connect);
+        assert_eq!(c.conns, 1000);
+        assert_eq!(c.target.path, "/echo");
+        assert_eq!(c.target.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.duration, Duration::from_secs(10));
+        assert_eq!(c.procs, 0);
+        assert!(c.threads >= 1);
+        assert!(c.publish.is_none());
+    }
+
+    #[test]
+    fn flags() {
+        let c = ok(&[
+            "--conns",
+            "50000",
+            "--scenario",
+            "echo",
+            "--duration",
+            "500ms",
+            "--pipeline",
+            "4",
+            "--size",
+            "128",
+            "--url",
+            "ws://127.0.0.1:9000/echo",
+            "--procs",
+            "3",
+            "--threads",
+            "2",
+            "--target-pid",
+            "10,11",
+            "--target-pid",
+            "12",
+            "--json",
+            "out.json",
+            "--report",
+            "r.html",
+            "-q",
+        ]);
+        assert_eq!(c.conns, 50_000);
+        assert_eq!(c.scenario, Scenario::Echo);
+        assert_eq!(c.duration, Duration::from_millis(500));
+        assert_eq!((c.pipeline, c.size, c.procs, c.threads), (4, 128, 3, 2));
+        assert_eq!(c.target.addr.port(), 9000);
+        assert_eq!(c.target_pids, [10, 11, 12]);
+        assert_eq!(c.json.as_deref(), Some(std::path::Path::new("out.json")));
+        assert!(c.quiet);
+    }
+
+    #[test]
+    fn fanout_defaults_and_publish_url() {
+        let c = ok(&["--scenario", "fanout"]);
+        assert_eq!(c.target.path, "/ws/chat/loadgen");
+        assert_eq!(c.publish.as_ref().unwrap().path, "/publish/chat/loadgen");
+        let c = ok(&[
+            "--scenario",
+            "fanout",
+            "--publisher",
+            "ws",
+            "--url",
+            "ws://127.0.0.1:1/x",
+        ]);
+        assert!(c.publish.is_none());
+        let c = ok(&[
+            "--scenario",
+            "fanout",
+            "--url",
+            "ws://127.0.0.1:1/x",
+            "--publish-url",
+            "http://127.0.0.1:1/publish/y",
+        ]);
+        assert_eq!(c.publish.unwrap().path, "/publish/y");
+    }
+
+    #[test]
+    fn refusals_are_one_line() {
+        let table: &[(&[&str], &str)] = &[
+            (&["--conns", "0"], "--conns must be at least 1"),
+            (&["--conns", "-5"], "-5"),
+            (&["--conns", "many"], "--conns"),
+            (&["--url", "http://127.0.0.1:8080/echo"], "not a ws:// URL"),
+            (&["--url", "wss://127.0.0.1/echo"], "TLS"),
+            (&["--scenario", "bogus"], "bogus"),
+            (&["--duration", "0s"], "positive"),
+            (&["--duration", "5 parsecs"], "unit"),
+            (&["--scenario", "echo", "--size", "8"], "at least 20"),
+            (&["--pipeline", "0"], "--pipeline"),
+            (&["--threads", "0"], "--threads"),
+            (&["--procs", "0"], "--procs"),
+            (&["--conns", "2", "--procs", "3"], "more than --conns"),
+            (&["--scenario", "fanout", "--rate", "0"], "--rate"),
+            (
+                &["--scenario", "fanout", "--url", "ws://127.0.0.1/echo"],
+                "--publish-url",
+            ),
+            (
+                &["--conns", "100000", "--per-addr", "10"],
+                "source addresses",
+            ),
+            (&["--conns", "2000000"], "source addresses"),
+            (&["--connect-rate=-1"], "--connect-rate"),
+            (&["--nope"], "--nope"),
+        ];
+        for (args, want) in table {
+            let line = err(args);
+            assert!(line.contains(want), "{args:?}: {line}");
+        }
+    }
+
+    #[test]
+    fn help_is_not_an_error() {
+        let e = parse(["loadgen", "--help"]).unwrap_err();
+        assert!(e.info().unwrap().contains("--conns"));
+    }
+
+    #[test]
+    fn config_roundtrips_through_json() {
+        let c = ok(&["--scenario", "fanout", "--conns", "7"]);
+        let text = serde_json::to_string(&c).unwrap();
+        let back: Config = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,34 @@
+//! `loadgen`: opens tens of thousands of WebSocket clients against the gateway and measures
+//! latency, using the client side of `gateway::proto` (one codec for both ends).
+//!
+//! - [`args`]: flags and their validation into a [`Config`].
+//! - [`url`]: the ws:// and http:// endpoints, resolved up front.
+//! - [`engine`]: one mio event loop per thread driving a slab of client connections.
+//! - [`fleet`]: the threads of this process, or worker processes when one process may not open
+//!   enough sockets; the worker line protocol.
+//! - [`publisher`]: the fan-out publisher (HTTP POST or WebSocket).
+//! - [`payload`]: what messages carry and how echoes and deliveries are checked.
+//! - [`stats`]: histograms and counters that merge across threads and processes.
+//! - [`run`]: the controller: phases, progress line, timeline.
+//! - [`report`], [`html`]: the summary, the JSON and the HTML page.
+//! - [`clock`], [`sys`]: CLOCK_MONOTONIC, CPU time and memory of processes.
+
+pub mod args;
+pub mod clock;
+pub mod engine;
+pub mod fleet;
+pub mod html;
+pub mod payload;
+pub mod publisher;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod sys;
+pub mod url;
+
+pub use args::Config;
+pub use report::Report;
+pub use run::run;
+
+#[cfg(test)]
+mod tidy;

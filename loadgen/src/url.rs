@@ -1,0 +1,161 @@
+//! The `ws://` and `http://` URLs loadgen is pointed at: parsed, checked and resolved once, up
+//! front, so a typo is one clear error line instead of thousands of failed connections.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+use serde::{Deserialize, Serialize};
+
+/// A resolved endpoint: where to connect, what to send as `Host`, and the request target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// The authority as written in the URL (`host:port`), for the Host header.
+    pub host: String,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+impl Endpoint {
+    /// Whether the target is an IPv4 loopback address: then client sockets are spread over
+    /// several source addresses 127.0.0.K, each with its own ephemeral ports.
+    pub fn is_loopback_v4(&self) -> bool {
+        matches!(self.addr.ip(), IpAddr::V4(ip) if ip.is_loopback())
+    }
+}
+
+/// Parses a `ws://host[:port][/path]` URL.
+pub fn parse_ws(url: &str) -> Result<Endpoint, String> {
+    if url.starts_with("wss://") {
+        return Err(format!(
+            "'{url}': wss:// (TLS) is not supported; point loadgen at the gateway's ws:// port"
+        ));
+    }
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("'{url}' is not a ws:// URL (expected ws://HOST:PORT/PATH)"))?;
+    parse_rest(url, rest, 80)
+}
+
+/// Parses an `http://host[:port][/path]` URL (the publish endpoint).
+pub fn parse_http(url: &str) -> Result<Endpoint, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("'{url}' is not an http:// URL"))?;
+    parse_rest(url, rest, 80)
+}
+
+fn parse_rest(url: &str, rest: &str, default_port: u16) -> Result<Endpoint, String> {
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    };
+    if authority.is_empty() {
+        return Err(format!("'{url}' has no host"));
+    }
+    if authority.contains('@') {
+        return Err(format!(
+            "'{url}': user information in URLs is not supported"
+        ));
+    }
+    // "[::1]:8080", "[::1]", "host:8080", "host".
+    let has_port = match authority.rfind(':') {
+        Some(i) => !authority[i..].contains(']'),
+        None => false,
+    };
+    let with_port = if has_port {
+        let port = &authority[authority.rfind(':').unwrap_or(0) + 1..];
+        port.parse::<u16>()
+            .map_err(|_| format!("'{url}': '{port}' is not a port number"))?;
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let addrs: Vec<SocketAddr> = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("'{url}': cannot resolve '{authority}': {e}"))?
+        .collect();
+    let addr = addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("'{url}': '{authority}' resolves to no address"))?;
+    Ok(Endpoint {
+        addr,
+        host: authority.to_string(),
+        path,
+    })
+}
+
+/// The HTTP publish URL that goes with a chat socket URL: `/ws/X` is published to with
+/// `POST /publish/X` on the same host and port (the gateway's URL contract).
+pub fn publish_url_for(ws: &Endpoint) -> Result<Endpoint, String> {
+    let topic = ws.path.strip_prefix("/ws/").ok_or_else(|| {
+        format!(
+            "cannot derive the publish URL from the path '{}' (expected /ws/TOPIC): pass --publish-url",
+            ws.path
+        )
+    })?;
+    let topic = topic.split_once('?').map_or(topic, |(t, _)| t);
+    Ok(Endpoint {
+        addr: ws.addr,
+        host: ws.host.clone(),
+        path: format!("/publish/{topic}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_urls() {
+        let e = parse_ws("ws://127.0.0.1:9000/echo").unwrap();
+        assert_eq!(e.addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(
+            (e.host.as_str(), e.path.as_str()),
+            ("127.0.0.1:9000", "/echo")
+        );
+        assert!(e.is_loopback_v4());
+
+        let e = parse_ws("ws://127.0.0.1").unwrap();
+        assert_eq!((e.addr.port(), e.path.as_str()), (80, "/"));
+        let e = parse_ws("ws://127.0.0.1:1?x=1").unwrap();
+        assert_eq!(e.path, "/?x=1");
+        let e = parse_ws("ws://[::1]:8080/ws/chat/a").unwrap();
+        assert_eq!(e.addr, "[::1]:8080".parse().unwrap());
+        assert!(!e.is_loopback_v4());
+        let e = parse_ws("ws://localhost:8080/echo").unwrap();
+        assert!(e.addr.ip().is_loopback());
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        let table = [
+            ("http://127.0.0.1:8080/echo", "not a ws:// URL"),
+            ("wss://127.0.0.1/echo", "TLS"),
+            ("127.0.0.1:8080", "not a ws:// URL"),
+            ("ws://", "no host"),
+            ("ws://127.0.0.1:99999/", "not a port"),
+            ("ws://127.0.0.1:x/", "not a port"),
+            ("ws://u@127.0.0.1/", "user information"),
+        ];
+        for (url, want) in table {
+            let err = parse_ws(url).unwrap_err();
+            assert!(err.contains(want), "{url}: {err}");
+            assert!(!err.contains('\n'), "{url}: one line");
+        }
+    }
+
+    #[test]
+    fn publish_url_from_chat_url() {
+        let ws = parse_ws("ws://127.0.0.1:8080/ws/chat/room1").unwrap();
+        let p = publish_url_for(&ws).unwrap();
+        assert_eq!(p.path, "/publish/chat/room1");
+        assert_eq!(p.addr, ws.addr);
+        assert!(publish_url_for(&parse_ws("ws://127.0.0.1/echo").unwrap()).is_err());
+        let h = parse_http("http://127.0.0.1:8080/publish/chat/x").unwrap();
+        assert_eq!(h.path, "/publish/chat/x");
+    }
+}

@@ -1,0 +1,140 @@
+//! loadgen against a real gateway started in this process on an ephemeral port: a few hundred
+//! connections in each scenario, checking the counts (everyone connected, every echo verified,
+//! no delivery lost, a latency recorded for every delivery). One test also goes through worker
+//! processes (the built `loadgen` binary), so the histogram and count merge is exercised too.
+
+use std::process::Command;
+
+use gateway::server::{Config as ServerConfig, Server, ServerHandle};
+use loadgen::args::parse;
+
+fn gateway() -> ServerHandle {
+    Server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers: 2,
+        max_message: 1 << 20,
+        ..Default::default()
+    })
+    .expect("gateway starts")
+}
+
+/// A loadgen configuration from flags, quiet, with worker processes started from the real
+/// binary (the test binary cannot be one).
+fn config(flags: &[&str]) -> loadgen::Config {
+    let mut argv = vec!["loadgen", "-q", "--timeout", "5s"];
+    argv.extend_from_slice(flags);
+    let mut cfg = parse(argv).unwrap_or_else(|e| panic!("{flags:?}: {}", e.line()));
+    cfg.exe = Some(env!("CARGO_BIN_EXE_loadgen").into());
+    cfg
+}
+
+#[test]
+fn connect_opens_holds_and_closes_every_connection() {
+    let gw = gateway();
+    let url = format!("ws://{}/echo", gw.local_addr());
+    let cfg = config(&["--url", &url, "--conns", "300", "--duration", "300ms"]);
+    let r = loadgen::run(&cfg).expect("run");
+    assert!(r.ok, "{}", r.summary());
+    assert_eq!(r.connect.connected, 300);
+    assert_eq!(r.connect.closed_clean, 300);
+    assert_eq!(r.timing.open_at_ramp_end, 300);
+    assert_eq!(r.connect.handshake.count, 300);
+    assert!(r.failures.is_empty());
+}
+
+#[test]
+fn echo_in_worker_processes_verifies_every_message() {
+    let gw = gateway();
+    let url = format!("ws://{}/echo", gw.local_addr());
+    let cfg = config(&[
+        "--url",
+        &url,
+        "--scenario",
+        "echo",
+        "--conns",
+        "200",
+        "--pipeline",
+        "4",
+        "--size",
+        "300",
+        "--duration",
+        "500ms",
+        "--procs",
+        "2",
+    ]);
+    let r = loadgen::run(&cfg).expect("run");
+    assert!(r.ok, "{}", r.summary());
+    assert_eq!(r.procs, 2);
+    let e = r.echo.as_ref().unwrap();
+    assert!(e.sent >= 800, "{}", r.summary());
+    assert_eq!(e.verified, e.sent);
+    assert_eq!((e.mismatched, e.unanswered), (0, 0));
+    assert_eq!(e.rtt.count, e.verified, "one round trip per verified echo");
+    assert!(e.msgs_per_s > 0.0);
+    assert_eq!(r.connect.closed_clean, 200);
+}
+
+#[test]
+fn fanout_over_http_and_websocket_loses_nothing() {
+    let gw = gateway();
+    for publisher in ["http", "ws"] {
+        let url = format!("ws://{}/ws/chat/loadgen-{publisher}", gw.local_addr());
+        let cfg = config(&[
+            "--url",
+            &url,
+            "--scenario",
+            "fanout",
+            "--conns",
+            "200",
+            "--rate",
+            "100",
+            "--duration",
+            "500ms",
+            "--publisher",
+            publisher,
+        ]);
+        let r = loadgen::run(&cfg).expect("run");
+        assert!(r.ok, "{publisher}: {}", r.summary());
+        let f = r.fanout.as_ref().unwrap();
+        assert_eq!(f.published, 50);
+        assert_eq!(f.subscribers, 200);
+        assert_eq!(f.accounting.expected, 50 * 200);
+        assert_eq!(f.accounting.delivered, 50 * 200);
+        assert_eq!((f.accounting.lost, f.duplicates), (0, 0));
+        assert_eq!(
+            f.latency.count, f.deliveries,
+            "a latency for every delivery"
+        );
+        if publisher == "http" {
+            assert_eq!(f.server_subscribers, Some(200));
+        }
+    }
+}
+
+/// The binary's contract for bad invocations: one line on stderr, a non-zero status, no panic.
+#[test]
+fn bad_invocations_are_one_line_and_non_zero() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = format!("ws://127.0.0.1:{port}/echo");
+    let cases: [(&[&str], i32); 4] = [
+        (&["--conns", "0"], 2),
+        (&["--url", "http://127.0.0.1:8080/echo"], 2),
+        (&["--scenario", "nope"], 2),
+        (&["--url", &unreachable, "--conns", "5"], 1),
+    ];
+    for (args, status) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(status), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("loadgen: error: "), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"));
+    }
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Opens 50,000 WebSocket connections on one machine and reports what they cost the gateway.
+#
+# One process may open only as many sockets as its open-file limit allows (here a hard 20,000),
+# so this starts ceil(CONNS / PER_GATEWAY) gateway processes sharing one port with --reuse-port
+# (SO_REUSEPORT across processes: the kernel spreads new connections over them), then runs
+#   loadgen --conns CONNS --scenario connect --duration DURATION
+# against that port. loadgen itself splits into worker processes for the same reason and spreads
+# its sockets over source addresses 127.0.0.1, .2, ... (about 28k ephemeral ports each).
+#
+# It prints the gateways' resident memory (VmRSS, summed) before the ramp and with every
+# connection open, the difference per connection, and the CPU time of the gateways beside
+# loadgen's own (from /proc/PID/stat and getrusage), so it is plain which side was busy.
+#
+# Environment (defaults in brackets): CONNS [50000], PORT [9350], PER_GATEWAY [19000],
+# WORKERS per gateway [1], DURATION [10s], CONNECT_RATE [10000], PER_ADDR (connections per
+# loadgen source address) [5000], OUT (where the JSON and HTML reports go) [target/bench-50k],
+# NO_BUILD (set: use the binaries already in target/release). Traffic stays on 127.0.0.0/8 and
+# the run ends by itself.
+set -euo pipefail
+
+CONNS=${CONNS:-50000}
+PORT=${PORT:-9350}
+PER_GATEWAY=${PER_GATEWAY:-19000}
+WORKERS=${WORKERS:-1}
+DURATION=${DURATION:-10s}
+CONNECT_RATE=${CONNECT_RATE:-10000}
+PER_ADDR=${PER_ADDR:-5000}
+OUT=${OUT:-target/bench-50k}
+
+cd "$(dirname "$0")/.."
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p gateway -p loadgen
+mkdir -p "$OUT"
+
+gateways=$(( (CONNS + PER_GATEWAY - 1) / PER_GATEWAY ))
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+echo "bench-50k: starting $gateways gateway process(es) on 127.0.0.1:$PORT (--reuse-port --workers $WORKERS)"
+for _ in $(seq "$gateways"); do
+    target/release/gateway --listen "127.0.0.1:$PORT" --reuse-port --workers "$WORKERS" \
+        --handshake-timeout 30s 2>>"$OUT/gateway.log" &
+    pids+=("$!")
+done
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.1
+done
+sleep 0.3
+
+pid_list=$(IFS=,; echo "${pids[*]}")
+set +e
+target/release/loadgen --url "ws://127.0.0.1:$PORT/echo" --conns "$CONNS" --scenario connect \
+    --duration "$DURATION" --connect-rate "$CONNECT_RATE" --per-addr "$PER_ADDR" --target-pid "$pid_list" \
+    --json "$OUT/connect.json" --report "$OUT/connect.html"
+status=$?
+set -e
+
+python3 - "$OUT/connect.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+t = r["cpu"]["targets"]
+before = sum(x["rss_before"] or 0 for x in t)
+peak = sum(x["rss_at_ramp_end"] or 0 for x in t)
+after = sum(x["rss_after"] or 0 for x in t)
+open_ = r["timing"]["open_at_ramp_end"]
+gw_cpu = sum(x["cpu_s"] or 0 for x in t)
+lg_cpu = r["cpu"]["loadgen_user_s"] + r["cpu"]["loadgen_sys_s"]
+mib = lambda b: b / 1048576
+print()
+print(f"bench-50k: {open_} connections open at once after {r['timing']['ramp_s']:.2f} s "
+      f"({r['connect']['connected']} connected, {r['connect']['failed']} failed) "
+      f"over {len(t)} gateway process(es)")
+print(f"  gateway RSS   {mib(before):.1f} MiB before, {mib(peak):.1f} MiB with all open, "
+      f"{mib(after):.1f} MiB after closing")
+if open_:
+    print(f"  per connection  {(peak - before) / open_:.0f} bytes (RSS growth / open connections)")
+print(f"  CPU time      gateways {gw_cpu:.2f} s, loadgen {lg_cpu:.2f} s "
+      f"over {r['timing']['wall_s']:.1f} s wall ({r['cpu']['cores']} cores)")
+p = r["connect"]["handshake"]
+print(f"  handshake     p50 {p['p50_us']/1e3:.2f} ms  p99 {p['p99_us']/1e3:.2f} ms  max {p['max_us']/1e3:.2f} ms")
+PY
+echo "  reports       $OUT/connect.json, $OUT/connect.html"
+exit "$status"
