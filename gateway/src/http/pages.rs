@@ -68,7 +68,7 @@ pub fn chat(room: &str) -> String {
 <style>{STYLE}
 #log{{border:1px solid #ccc;height:22em;overflow-y:auto;padding:.5em;margin:.5em 0}}
 #log div{{margin:.1em 0}} .sys{{color:#888;font-style:italic}} .name{{font-weight:600}}
-form{{display:flex;gap:.5em}} #msg{{flex:1}}</style></head>
+[hidden]{{display:none!important}} form{{display:flex;gap:.5em}} #msg{{flex:1}}</style></head>
 <body>
 <h1>chat: {room_html}</h1>
 <p id="status" class="sys">connecting…</p>

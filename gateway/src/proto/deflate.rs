@@ -30,7 +30,9 @@ pub struct DeflateConfig {
     /// Compression level 0-9 for what the server sends. Default: 1 (fast; chat-sized messages
     /// gain little from more effort).
     pub level: u32,
-    /// Messages shorter than this are sent uncompressed (RFC 7692 allows mixing). Default: 32.
+    /// Messages shorter than this are sent uncompressed (RFC 7692 allows mixing), and so is any
+    /// message whose compressed form is not smaller. Default: 64 (at level 1, chat-sized
+    /// messages of 70-100 bytes rarely shrink; see docs/BENCHMARKS.md, group `deflate`).
     pub min_size: usize,
 }
 
@@ -40,7 +42,7 @@ impl Default for DeflateConfig {
             enabled: true,
             request_client_no_context_takeover: false,
             level: 1,
-            min_size: 32,
+            min_size: 64,
         }
     }
 }

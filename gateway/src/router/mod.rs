@@ -154,10 +154,16 @@ impl Published {
                 Some((_, d)) => {
                     let mut z = Vec::with_capacity(body.len() / 2 + 16);
                     d.compress(&body, &mut z);
+                    // Incompressible data goes out as it is.
+                    let (rsv1, bytes): (bool, &[u8]) = if z.len() < body.len() {
+                        (true, &z)
+                    } else {
+                        (false, &body)
+                    };
                     out.extend_from_slice(
-                        HeaderBuf::new(kind.opcode(), true, None, z.len()).as_bytes(),
+                        HeaderBuf::new(kind.opcode(), rsv1, None, bytes.len()).as_bytes(),
                     );
-                    out.extend_from_slice(&z);
+                    out.extend_from_slice(bytes);
                 }
                 None => {
                     out.extend_from_slice(
@@ -498,13 +504,20 @@ mod tests {
             json,
             serde_json::json!({"topic": "chat/a", "seq": 1, "data": "say \"hi\""})
         );
+        // Too short to shrink: the "compressed" shape is the plain frame.
         let mut d = Deflater::new(15, true, 1);
+        let z = msg.frame(Style::Raw, Some((15, &mut d)));
+        assert_eq!(&z[..], &a[..]);
+        // A compressible message is compressed once and decodes to the original.
+        let text = "say \"hi\" ".repeat(20);
+        hub.publish("chat/a", MessageKind::Text, text.as_bytes().into());
+        let msg = hub.latest(id).unwrap();
         let z = msg.frame(Style::Raw, Some((15, &mut d)));
         assert_eq!(z[0], 0xc1, "FIN + RSV1 + text");
         let mut inf = crate::proto::Inflater::new(15, true);
         let mut out = Vec::new();
         inf.inflate(&z[2..], &mut out, 1 << 20).unwrap();
         inf.finish(&mut out, 1 << 20).unwrap();
-        assert_eq!(out, b"say \"hi\"");
+        assert_eq!(out, text.as_bytes());
     }
 }

@@ -389,6 +389,45 @@ fn a_body_sent_in_pieces_is_published_whole() {
 }
 
 #[test]
+fn publish_keeps_the_connection_alive_for_the_next_request() {
+    let server = util::start_default();
+    let addr = server.local_addr();
+    let mut sub = ws_connect(addr, "/ws/chat/keep");
+    wait_subscribers(&server, "chat/keep", 1);
+    let mut stream = util::tcp_connect(addr);
+    // Two requests in one write (pipelined), then a third after the answers.
+    let req = |body: &str| {
+        format!(
+            "POST /publish/chat/keep HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    stream
+        .write_all(format!("{}{}", req("one"), req("two")).as_bytes())
+        .unwrap();
+    let mut answers = String::new();
+    let mut buf = [0u8; 4096];
+    while answers.matches("HTTP/1.1 200").count() < 2 {
+        let n = std::io::Read::read(&mut stream, &mut buf).unwrap();
+        assert!(n > 0, "closed after {answers:?}");
+        answers.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    }
+    assert!(answers.contains("Connection: keep-alive"), "{answers}");
+    assert!(answers.contains("\"seq\":2"), "{answers}");
+    stream.write_all(format!("POST /publish/chat/keep HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nthree").as_bytes()).unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut rest).unwrap();
+    let rest = String::from_utf8(rest).unwrap();
+    assert!(
+        rest.starts_with("HTTP/1.1 200") && rest.contains("Connection: close"),
+        "{rest}"
+    );
+    for expected in ["one", "two", "three"] {
+        assert_eq!(next_text(&mut sub), expected);
+    }
+}
+
+#[test]
 fn pages_and_index() {
     let server = util::start_default();
     let addr = server.local_addr();

@@ -403,13 +403,30 @@ impl Worker {
         };
         let r = self.shared.hub.publish(topic, kind, body.into());
         WorkerStats::add(&self.shared.stats.worker(self.id).published_total, 1);
-        self.answer(
-            key,
-            200,
-            &[],
-            &json!({"topic": topic, "seq": r.seq, "subscribers": r.subscribers}),
-        );
+        let body = json!({"topic": topic, "seq": r.seq, "subscribers": r.subscribers});
+        // HTTP/1.1 keeps the connection unless the client says close: a backend publishing a
+        // stream of messages pays for one TCP handshake, not one per message.
+        if req.version >= 1 && !req.has_token("Connection", "close") {
+            self.answer_keep_alive(key, &body);
+            return end;
+        }
+        self.answer(key, 200, &[], &body);
         input.len()
+    }
+
+    /// A 200 JSON answer after which the connection waits for the next request. The handshake
+    /// timeout doubles as the idle timeout of such a connection.
+    fn answer_keep_alive(&mut self, key: usize, body: &Value) {
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        let mut text = serde_json::to_vec(body).expect("JSON values serialize");
+        text.push(b'\n');
+        write_http_response(&mut out, 200, &[], "application/json", &text, true);
+        WorkerStats::add(&self.shared.stats.worker(self.id).http_requests_total, 1);
+        self.send_parts(key, &[&out]);
+        self.scratch = out;
+        self.conns[key].since = self.now;
+        self.arm_timer(key);
     }
 
     /// Loopback clients are trusted (unless configured otherwise); others need the token.

@@ -666,11 +666,17 @@ impl Worker {
                 self.deflaters[usize::from(bits.clamp(8, 15) - 8)]
                     .get_or_insert_with(|| Deflater::new(bits, true, level))
                     .compress(payload, &mut z);
+                // Incompressible data goes out as it is: same bytes, no work for the client.
+                let (rsv1, body): (bool, &[u8]) = if z.len() < payload.len() {
+                    (true, &z)
+                } else {
+                    (false, payload)
+                };
                 self.send_parts(
                     key,
                     &[
-                        HeaderBuf::new(kind.opcode(), true, None, z.len()).as_bytes(),
-                        &z,
+                        HeaderBuf::new(kind.opcode(), rsv1, None, body.len()).as_bytes(),
+                        body,
                     ],
                 );
                 if z.capacity() > SCRATCH_KEEP {
