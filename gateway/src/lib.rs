@@ -5,9 +5,11 @@
 //! - [`router`]: topics, sequence numbers, history, and frames encoded once for all subscribers.
 //! - [`apps`]: what feeds topics from files: file watch (`file/NAME`) and log tail (`log/NAME`).
 //! - [`http`]: routing of requests on the one port, and the plain HTTP answers.
+//! - [`cli`]: command-line helpers shared with `loadgen` (durations).
 //! - [`sys`]: the few operating-system calls std does not wrap (resource limits).
 
 pub mod apps;
+pub mod cli;
 pub mod http;
 pub mod proto;
 pub mod router;

@@ -371,7 +371,7 @@ fn a_body_sent_in_pieces_is_published_whole() {
     let mut stream = util::tcp_connect(addr);
     write!(
         stream,
-        "POST /publish/chat/pieces HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        "POST /publish/chat/pieces HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -414,7 +414,7 @@ fn publish_keeps_the_connection_alive_for_the_next_request() {
     }
     assert!(answers.contains("Connection: keep-alive"), "{answers}");
     assert!(answers.contains("\"seq\":2"), "{answers}");
-    stream.write_all(format!("POST /publish/chat/keep HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nthree").as_bytes()).unwrap();
+    stream.write_all(b"POST /publish/chat/keep HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nthree").unwrap();
     let mut rest = Vec::new();
     std::io::Read::read_to_end(&mut stream, &mut rest).unwrap();
     let rest = String::from_utf8(rest).unwrap();

@@ -2,7 +2,6 @@
 //! consumers, chat rooms, the publish API and the multiplexed `/ws` JSON protocol
 //! (docs/PROTOCOL.md).
 
-use std::io::{self, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -83,24 +82,11 @@ impl Worker {
         }
         let mut written = 0;
         if conn.queued() == 0 {
-            loop {
-                match conn.stream.write(&frame[written..]) {
-                    Ok(0) => {
-                        conn.dead = true;
-                        return;
-                    }
-                    Ok(n) => {
-                        written += n;
-                        if written == frame.len() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        conn.dead = true;
-                        return;
-                    }
+            match super::write_now(&mut conn.stream, &[&frame]) {
+                Some(n) => written = n,
+                None => {
+                    conn.dead = true;
+                    return;
                 }
             }
             WorkerStats::add(

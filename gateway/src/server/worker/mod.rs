@@ -804,21 +804,11 @@ impl Worker {
         }
         let mut written = 0;
         if conn.queued() == 0 {
-            while written < total {
-                let mut slices = [IoSlice::new(&[]); 4];
-                let n = remaining_slices(parts, written, &mut slices);
-                match conn.stream.write_vectored(&slices[..n]) {
-                    Ok(0) => {
-                        conn.dead = true;
-                        return;
-                    }
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        conn.dead = true;
-                        return;
-                    }
+            match write_now(&mut conn.stream, parts) {
+                Some(n) => written = n,
+                None => {
+                    conn.dead = true;
+                    return;
                 }
             }
             WorkerStats::add(
@@ -998,6 +988,25 @@ fn refuse_at_capacity(stream: &mio::net::TcpStream) {
             _ => break,
         }
     }
+}
+
+/// Writes `parts` to the socket until all is written or it would block; returns the bytes
+/// written, or `None` when the connection failed. The one place that writes without queueing.
+pub(super) fn write_now(stream: &mut mio::net::TcpStream, parts: &[&[u8]]) -> Option<usize> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut written = 0;
+    while written < total {
+        let mut slices = [IoSlice::new(&[]); 4];
+        let n = remaining_slices(parts, written, &mut slices);
+        match stream.write_vectored(&slices[..n]) {
+            Ok(0) => return None,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(written)
 }
 
 /// Fills `out` with the parts of `parts` after the first `skip` bytes; returns how many.
