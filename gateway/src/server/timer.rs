@@ -81,9 +81,12 @@ impl TimerWheel {
             }
             if entries.is_empty() {
                 self.occupied[slot / 64] &= !(1 << (slot % 64));
-                if entries.capacity() > 64 {
-                    entries.shrink_to(16);
-                }
+                // Free the slot's buffer. Keeping small leftover buffers in every slot, as each
+                // ping round moves entries to new slots, fragmented the allocator: idle memory
+                // per connection crept from ~200 B to ~370 B in ten minutes (and ~1 KiB with 3 s
+                // pings) while the live entries stayed the same. Freeing costs one free per
+                // emptied slot, not per connection.
+                *entries = Vec::new();
             }
         }
         self.current = now;
@@ -153,6 +156,27 @@ mod tests {
         assert_eq!(w.ticks_to_next(), Some(1));
         w.expire(101, &mut due);
         assert_eq!(due[0].key, 7);
+    }
+
+    /// Regression: emptied slots kept their buffers, and rounds of pings spread leftovers over
+    /// every slot, fragmenting the allocator (idle memory per connection grew over time).
+    #[test]
+    fn emptied_slots_keep_no_buffer() {
+        let mut w = TimerWheel::default();
+        let mut due = Vec::new();
+        for round in 0..5u32 {
+            for key in 0..3000u32 {
+                w.schedule(key, 1, w.current() + 1 + (key * 7 + round) % 300);
+            }
+            w.expire(w.current() + 300, &mut due);
+            assert_eq!(due.len(), 3000);
+            due.clear();
+            let kept: usize = w.slots.iter().map(Vec::capacity).sum();
+            assert_eq!(
+                kept, 0,
+                "round {round}: {kept} entries of capacity left in empty slots"
+            );
+        }
     }
 
     #[test]
