@@ -19,6 +19,14 @@
 # the run ends by itself.
 set -euo pipefail
 
+# Configuration is by environment only; any argument gets the header above and an exit.
+if [ $# -gt 0 ]; then
+  case "$1" in
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "$(basename "$0"): takes no arguments (configure with environment variables; see --help)" >&2; exit 2 ;;
+  esac
+fi
+
 CONNS=${CONNS:-50000}
 PORT=${PORT:-9350}
 PER_GATEWAY=${PER_GATEWAY:-19000}

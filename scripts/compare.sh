@@ -19,6 +19,14 @@
 # Traffic stays on 127.0.0.0/8 and every run ends by itself.
 set -euo pipefail
 
+# Configuration is by environment only; any argument gets the header above and an exit.
+if [ $# -gt 0 ]; then
+  case "$1" in
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "$(basename "$0"): takes no arguments (configure with environment variables; see --help)" >&2; exit 2 ;;
+  esac
+fi
+
 IDLE_CONNS=${IDLE_CONNS:-10000}
 ECHO_CONNS=${ECHO_CONNS:-1000}
 PIPELINE=${PIPELINE:-1}
