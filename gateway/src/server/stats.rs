@@ -34,6 +34,7 @@ counters! {
     http_refused_431_total: "requests answered 431 (head too large)",
     http_refused_401_total: "publish requests answered 401 (missing or wrong token)",
     http_refused_413_total: "publish requests answered 413 (body over --max-message)",
+    http_refused_other_total: "requests refused with another 4xx or 5xx status (411: chunked publish body)",
     published_total: "messages published to topics (API, chat and /ws)",
     deliveries_total: "topic messages queued or written to subscribers",
     slow_consumers_total: "subscribers closed with 1008 for falling --max-queued bytes behind",

@@ -343,6 +343,12 @@ fn publish_refusals() {
     assert_eq!(get.status, 405);
     assert_eq!(metric(addr, "gateway_http_refused_401_total"), 2);
     assert_eq!(metric(addr, "gateway_http_refused_413_total"), 1);
+    let chunked = http_request(
+        addr,
+        format!("POST /publish/news/eu HTTP/1.1\r\nHost: {addr}\r\n{auth}Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(chunked.status, 411);
+    assert_eq!(metric(addr, "gateway_http_refused_other_total"), 1);
 
     // Without a configured token, only loopback may publish: a "remote" client gets 403.
     let server = util::start(util::Config {

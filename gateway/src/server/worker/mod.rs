@@ -552,6 +552,7 @@ impl Worker {
             405 => &s.http_refused_405_total,
             426 => &s.http_refused_426_total,
             431 => &s.http_refused_431_total,
+            other if other >= 400 => &s.http_refused_other_total,
             _ => return,
         };
         WorkerStats::add(counter, 1);
