@@ -59,6 +59,10 @@ struct Args {
     /// one, only loopback clients may publish.
     #[arg(long, env = "GATEWAY_PUBLISH_TOKEN", hide_env_values = true)]
     publish_token: Option<String>,
+    /// Topics clients may create in all (subscriptions, chat rooms, publishing); past it new
+    /// names are refused.
+    #[arg(long, default_value_t = 100_000)]
+    max_topics: usize,
     /// Messages kept per topic for `since` recovery.
     #[arg(long, default_value_t = 256)]
     history: usize,
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
             bytes: args.history_bytes,
         },
         publish_token: args.publish_token.filter(|t| !t.is_empty()),
+        max_topics: args.max_topics,
         watch: args.watch,
         tail: args.tail,
         ..defaults

@@ -235,14 +235,25 @@ pub struct Hub {
     inner: Mutex<HubInner>,
     mailboxes: OnceLock<Vec<Mailbox>>,
     history: HistoryConfig,
+    /// Topics that names coming from clients may create ([`Hub::try_topic`]).
+    max_topics: usize,
 }
 
 impl Hub {
+    /// A hub with no limit on the number of topics.
     pub fn new(history: HistoryConfig) -> Hub {
+        Self::with_max_topics(history, usize::MAX)
+    }
+
+    /// A hub on which clients may create at most `max_topics` topics. Topics are never
+    /// forgotten (their sequence numbers must not restart), so without a cap a client
+    /// subscribing to ever new names would grow the hub without bound.
+    pub fn with_max_topics(history: HistoryConfig, max_topics: usize) -> Hub {
         Hub {
             inner: Mutex::default(),
             mailboxes: OnceLock::new(),
             history,
+            max_topics,
         }
     }
 
@@ -257,9 +268,28 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The id of a topic, creating it on first use. The caller has checked the name.
+    /// The id of a topic, creating it on first use. The caller has checked the name. For names
+    /// the operator chose (configured feeds); names from clients go through [`Hub::try_topic`].
     pub fn topic(&self, name: &str, kind: TopicKind) -> TopicId {
         Self::intern(&mut self.lock(), name, kind)
+    }
+
+    /// [`Hub::topic`], but `None` when the topic is new and the hub already holds its limit.
+    pub fn try_topic(&self, name: &str, kind: TopicKind) -> Option<TopicId> {
+        let mut inner = self.lock();
+        self.try_intern(&mut inner, name, kind)
+    }
+
+    fn try_intern(&self, inner: &mut HubInner, name: &str, kind: TopicKind) -> Option<TopicId> {
+        if !inner.by_name.contains_key(name) && inner.topics.len() >= self.max_topics {
+            return None;
+        }
+        Some(Self::intern(inner, name, kind))
+    }
+
+    /// The id of an existing topic.
+    pub fn find(&self, name: &str) -> Option<TopicId> {
+        self.lock().by_name.get(name).copied()
     }
 
     fn intern(inner: &mut HubInner, name: &str, kind: TopicKind) -> TopicId {
@@ -286,6 +316,19 @@ impl Hub {
         let mut inner = self.lock();
         let id = Self::intern(&mut inner, name, TopicKind::Stream);
         self.publish_locked(&mut inner, id, kind, payload, 0)
+    }
+
+    /// [`Hub::publish`] for names from clients: `None` when the topic is new and the hub
+    /// already holds its limit of topics.
+    pub fn try_publish(
+        &self,
+        name: &str,
+        kind: MessageKind,
+        payload: Box<[u8]>,
+    ) -> Option<Receipt> {
+        let mut inner = self.lock();
+        let id = self.try_intern(&mut inner, name, TopicKind::Stream)?;
+        Some(self.publish_locked(&mut inner, id, kind, payload, 0))
     }
 
     /// Publishes to a topic by id.
@@ -457,6 +500,28 @@ mod tests {
                 .subscribers,
             2
         );
+    }
+
+    #[test]
+    fn clients_cannot_create_topics_past_the_limit() {
+        let hub = Hub::with_max_topics(HistoryConfig::default(), 2);
+        assert!(hub.try_topic("a", TopicKind::Stream).is_some());
+        assert!(
+            hub.try_publish("b", MessageKind::Text, b"x".to_vec().into())
+                .is_some()
+        );
+        assert_eq!(hub.try_topic("c", TopicKind::Stream), None);
+        assert!(
+            hub.try_publish("c", MessageKind::Text, b"x".to_vec().into())
+                .is_none()
+        );
+        // Existing topics stay usable; lookups create nothing.
+        assert!(
+            hub.try_publish("a", MessageKind::Text, b"x".to_vec().into())
+                .is_some()
+        );
+        assert_eq!(hub.find("c"), None);
+        assert_eq!(hub.snapshot().len(), 2);
     }
 
     #[test]

@@ -69,6 +69,10 @@ pub struct Config {
     pub deflate: DeflateConfig,
     /// Bounds of each topic's history (for `since` recovery).
     pub history: HistoryConfig,
+    /// Topics that clients (subscriptions, chat rooms, publishing) may create in all; past it a
+    /// new name is refused (503, or an error on `/ws`). Topics are never forgotten, so this
+    /// bounds the hub's memory. Default 100,000.
+    pub max_topics: usize,
     /// Bearer token that `POST /publish/..` from non-loopback addresses must present. Default
     /// none: only loopback clients may publish.
     pub publish_token: Option<String>,
@@ -101,6 +105,7 @@ impl Default for Config {
             subprotocols: Vec::new(),
             deflate: DeflateConfig::default(),
             history: HistoryConfig::default(),
+            max_topics: 100_000,
             publish_token: None,
             trust_loopback: true,
             watch: Vec::new(),
@@ -150,7 +155,7 @@ impl Server {
         let local_addr = listeners[0].local_addr()?;
         let shared = Arc::new(Shared {
             stats: Stats::new(workers),
-            hub: Arc::new(Hub::new(config.history)),
+            hub: Arc::new(Hub::with_max_topics(config.history, config.max_topics)),
             config,
             shutdown: AtomicBool::new(false),
             open_conns: AtomicUsize::new(0),

@@ -434,6 +434,45 @@ fn publish_keeps_the_connection_alive_for_the_next_request() {
 }
 
 #[test]
+fn clients_cannot_create_topics_past_max_topics() {
+    let server = util::start(util::Config {
+        max_topics: 2,
+        ..util::config()
+    });
+    let addr = server.local_addr();
+    let mut ws = ws_connect(addr, "/ws");
+    for t in ["news/a", "news/b"] {
+        ws.send(Message::text(
+            json!({"type": "subscribe", "topic": t}).to_string(),
+        ))
+        .unwrap();
+        assert_eq!(next_json(&mut ws)["type"], "subscribed");
+    }
+    ws.send(Message::text(
+        json!({"type": "subscribe", "topic": "news/c"}).to_string(),
+    ))
+    .unwrap();
+    let v = next_json(&mut ws);
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("--max-topics"), "{v}");
+    // Unsubscribing from an unknown topic creates nothing either.
+    ws.send(Message::text(
+        json!({"type": "unsubscribe", "topic": "news/d"}).to_string(),
+    ))
+    .unwrap();
+    assert_eq!(next_json(&mut ws)["error"], "not subscribed");
+    assert_eq!(publish(addr, "news/c", b"x", "").status, 503);
+    assert_eq!(
+        publish(addr, "news/a", b"x", "").status,
+        200,
+        "existing topics stay usable"
+    );
+    let (_ws, resp) = util::try_raw_handshake(addr, "/ws/chat/new-room", &[]);
+    assert_eq!(resp.status, 503);
+    assert_eq!(server.hub().snapshot().len(), 2);
+}
+
+#[test]
 fn pages_and_index() {
     let server = util::start_default();
     let addr = server.local_addr();

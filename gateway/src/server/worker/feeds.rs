@@ -16,6 +16,9 @@ use crate::router::{Published, Style, ToWorker, TopicId, TopicKind, is_valid_top
 use crate::server::conn::Phase;
 use crate::server::stats::WorkerStats;
 
+/// The answer when a new topic would pass `--max-topics`.
+const TOO_MANY_TOPICS: &str = "the gateway holds its limit of topics (--max-topics)";
+
 /// Topics one `/ws` connection may subscribe to at once.
 const MAX_SUBSCRIPTIONS: usize = 64;
 
@@ -142,13 +145,9 @@ impl Worker {
         self.linger(key);
     }
 
-    /// Subscribes a fresh `/ws/chat/{room}` connection to its room.
-    pub(super) fn subscribe_chat(&mut self, key: usize, room: &str) {
-        let id = self
-            .shared
-            .hub
-            .topic(&format!("chat/{room}"), TopicKind::Stream);
-        self.subscribe(key, id, None, Style::Raw, None);
+    /// Subscribes a fresh `/ws/chat/{room}` connection to its room's topic.
+    pub(super) fn subscribe_chat(&mut self, key: usize, room: TopicId) {
+        self.subscribe(key, room, None, Style::Raw, None);
     }
 
     /// Registers a subscription. On `/ws` (`announce` names the topic) the client is told the
@@ -276,7 +275,9 @@ impl Worker {
                         }
                     },
                 };
-                let hub_id = self.shared.hub.topic(&topic, TopicKind::Stream);
+                let Some(hub_id) = self.shared.hub.try_topic(&topic, TopicKind::Stream) else {
+                    return self.reply(key, &json!({"type": "error", "error": TOO_MANY_TOPICS, "topic": topic}));
+                };
                 let Phase::Open(ws) = &self.conns[key].phase else { return };
                 if ws.topics.contains(&hub_id) {
                     return self.reply(key, &json!({"type": "error", "error": "already subscribed", "topic": topic}));
@@ -287,8 +288,8 @@ impl Worker {
                 self.subscribe(key, hub_id, since, Style::Envelope, Some(&topic));
             }
             "unsubscribe" => {
-                let hub_id = self.shared.hub.topic(&topic, TopicKind::Stream);
-                if self.unsubscribe(key, hub_id) {
+                let found = self.shared.hub.find(&topic);
+                if found.is_some_and(|id| self.unsubscribe(key, id)) {
                     self.reply(key, &json!({"type": "unsubscribed", "topic": topic}));
                 } else {
                     self.reply(key, &json!({"type": "error", "error": "not subscribed", "topic": topic}));
@@ -301,7 +302,9 @@ impl Worker {
                 let Some(data) = cmd.get("data").and_then(Value::as_str) else {
                     return self.reply(key, &json!({"type": "error", "error": "\"data\" must be a string", "topic": topic}));
                 };
-                let r = self.shared.hub.publish(&topic, MessageKind::Text, data.as_bytes().into());
+                let Some(r) = self.shared.hub.try_publish(&topic, MessageKind::Text, data.as_bytes().into()) else {
+                    return self.reply(key, &json!({"type": "error", "error": TOO_MANY_TOPICS, "topic": topic}));
+                };
                 WorkerStats::add(&self.shared.stats.worker(self.id).published_total, 1);
                 self.reply(key, &json!({"type": "published", "topic": topic, "seq": r.seq}));
             }
@@ -387,7 +390,15 @@ impl Worker {
         } else {
             MessageKind::Binary
         };
-        let r = self.shared.hub.publish(topic, kind, body.into());
+        let Some(r) = self.shared.hub.try_publish(topic, kind, body.into()) else {
+            self.answer(
+                key,
+                503,
+                &[],
+                &json!({"error": TOO_MANY_TOPICS, "topic": topic}),
+            );
+            return input.len();
+        };
         WorkerStats::add(&self.shared.stats.worker(self.id).published_total, 1);
         let body = json!({"topic": topic, "seq": r.seq, "subscribers": r.subscribers});
         // HTTP/1.1 keeps the connection unless the client says close: a backend publishing a

@@ -447,6 +447,24 @@ impl Worker {
             self.refuse_status(key, 404);
             return input.len();
         }
+        // The room's topic, created now if new; refused while the hub holds its topic limit.
+        let room = match route {
+            Route::Chat => {
+                let name = format!("chat/{param}");
+                match self
+                    .shared
+                    .hub
+                    .try_topic(&name, crate::router::TopicKind::Stream)
+                {
+                    Some(id) => Some(id),
+                    None => {
+                        self.refuse_status(key, 503);
+                        return input.len();
+                    }
+                }
+            }
+            _ => None,
+        };
         // A file or log socket must name a configured feed.
         if matches!(route, Route::File | Route::Log) && !self.feed_configured(route, param) {
             self.refuse_status(key, 404);
@@ -473,7 +491,7 @@ impl Worker {
                 self.scratch = resp;
                 self.open(key, route, accepted.deflate);
                 match route {
-                    Route::Chat => self.subscribe_chat(key, param),
+                    Route::Chat => self.subscribe_chat(key, room.expect("chat rooms have a topic")),
                     Route::File | Route::Log => self.subscribe_feed(key, route, param, req.query()),
                     _ => {}
                 }
