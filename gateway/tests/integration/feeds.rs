@@ -17,7 +17,7 @@ use gateway::router::TopicKind;
 use gateway::server::ServerHandle;
 use tungstenite::{Message, WebSocket};
 
-use crate::util::{self, eventually, http_get, try_raw_handshake, ws_connect};
+use crate::util::{self, eventually, http_get, try_raw_handshake, wait_subscribers, ws_connect};
 
 /// A directory of its own under the system temporary directory, removed when dropped.
 struct TempDir(PathBuf);
@@ -96,22 +96,6 @@ fn expect_version(ws: &mut WebSocket<TcpStream>, want: &str) {
             "expected {want:?} (or a torn read of it), got {got:?}"
         );
     }
-}
-
-/// Waits until the hub counts `n` subscribers on `topic`.
-fn wait_subscribers(server: &ServerHandle, topic: &str, n: usize) {
-    eventually(
-        &format!("{n} subscribers on {topic}"),
-        Duration::from_secs(10),
-        || {
-            server
-                .hub()
-                .snapshot()
-                .iter()
-                .any(|(t, s, _)| t == topic && *s == n)
-                .then_some(())
-        },
-    );
 }
 
 /// The `lastMod` a browser would get: read from the `/file/{name}` page.

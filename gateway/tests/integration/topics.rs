@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tungstenite::Message;
 
-use crate::util::{self, eventually, http_request, metric, ws_connect};
+use crate::util::{self, http_request, metric, wait_subscribers, ws_connect};
 
 /// `POST /publish/{topic}` with `body` and optional extra headers.
 fn publish(addr: SocketAddr, topic: &str, body: &[u8], headers: &str) -> util::Response {
@@ -38,22 +38,6 @@ fn next_text(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> String {
 
 fn next_json(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> Value {
     serde_json::from_str(&next_text(ws)).expect("JSON from /ws")
-}
-
-/// Waits until the hub counts `n` subscribers on `topic` (subscriptions register at open).
-fn wait_subscribers(server: &gateway::server::ServerHandle, topic: &str, n: usize) {
-    eventually(
-        &format!("{n} subscribers on {topic}"),
-        Duration::from_secs(10),
-        || {
-            server
-                .hub()
-                .snapshot()
-                .iter()
-                .any(|(t, s, _)| t == topic && *s == n)
-                .then_some(())
-        },
-    );
 }
 
 #[test]

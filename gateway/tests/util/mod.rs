@@ -198,3 +198,19 @@ pub fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Waits until the hub counts `n` subscribers on `topic` (subscriptions register at open).
+pub fn wait_subscribers(server: &ServerHandle, topic: &str, n: usize) {
+    eventually(
+        &format!("{n} subscribers on {topic}"),
+        Duration::from_secs(10),
+        || {
+            server
+                .hub()
+                .snapshot()
+                .iter()
+                .any(|(t, s, _)| t == topic && *s == n)
+                .then_some(())
+        },
+    );
+}

@@ -85,21 +85,13 @@ impl Worker {
         }
         let mut written = 0;
         if conn.queued() == 0 {
-            match super::write_now(&mut conn.stream, &[&frame]) {
+            match self.write_direct(key, &[&frame]) {
+                Some(n) if n == frame.len() => return,
                 Some(n) => written = n,
-                None => {
-                    conn.dead = true;
-                    return;
-                }
-            }
-            WorkerStats::add(
-                &self.shared.stats.worker(self.id).bytes_out_total,
-                written as u64,
-            );
-            if written == frame.len() {
-                return;
+                None => return,
             }
         }
+        let conn = &mut self.conns[key];
         let out = conn
             .out
             .get_or_insert_with(|| self.outboxes.pop().unwrap_or_default());

@@ -823,18 +823,12 @@ impl Worker {
         }
         let mut written = 0;
         if conn.queued() == 0 {
-            match write_now(&mut conn.stream, parts) {
+            match self.write_direct(key, parts) {
                 Some(n) => written = n,
-                None => {
-                    conn.dead = true;
-                    return;
-                }
+                None => return,
             }
-            WorkerStats::add(
-                &self.shared.stats.worker(self.id).bytes_out_total,
-                written as u64,
-            );
         }
+        let conn = &mut self.conns[key];
         if written == total {
             return;
         }
@@ -1006,6 +1000,22 @@ fn refuse_at_capacity(stream: &mio::net::TcpStream) {
             Ok(n) if n > 0 => {}
             _ => break,
         }
+    }
+}
+
+impl Worker {
+    /// Writes `parts` straight to the connection's socket (nothing may be queued before them):
+    /// counts the bytes, marks the connection dead on failure; returns the bytes written.
+    fn write_direct(&mut self, key: usize, parts: &[&[u8]]) -> Option<usize> {
+        let conn = &mut self.conns[key];
+        let written = write_now(&mut conn.stream, parts);
+        match written {
+            Some(n) => {
+                WorkerStats::add(&self.shared.stats.worker(self.id).bytes_out_total, n as u64)
+            }
+            None => conn.dead = true,
+        }
+        written
     }
 }
 
