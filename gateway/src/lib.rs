@@ -2,19 +2,20 @@
 //!
 //! - [`proto`]: the sans-I/O RFC 6455 / RFC 7692 core, shared by the server and `loadgen`.
 //! - [`server`]: the mio event loop: workers, connections, buffers, timers.
-//! - [`router`]: topics, sequence numbers, history, and frames encoded once for all subscribers.
-//! - [`apps`]: what feeds topics from files: file watch (`file/NAME`) and log tail (`log/NAME`).
+//! - [`topics`]: the topic hub: sequence numbers, history, and frames encoded once for all
+//!   subscribers.
+//! - [`feeds`]: what feeds topics from files: file watch (`file/NAME`) and log tail (`log/NAME`).
 //! - [`http`]: routing of requests on the one port, and the plain HTTP answers.
 //! - [`cli`]: command-line helpers shared with `loadgen` (durations).
 //! - [`sys`]: the few operating-system calls std does not wrap (resource limits).
 
-pub mod apps;
 pub mod cli;
+pub mod feeds;
 pub mod http;
 pub mod proto;
-pub mod router;
 pub mod server;
 pub mod sys;
+pub mod topics;
 
 #[cfg(test)]
 mod tidy;

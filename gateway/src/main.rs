@@ -89,7 +89,7 @@ fn parse_feed(s: &str) -> Result<(String, PathBuf), String> {
     let Some((name, path)) = s.split_once('=') else {
         return Err(format!("'{s}' is not NAME=PATH (try config=/etc/app.conf)"));
     };
-    if !gateway::apps::is_valid_feed_name(name) {
+    if !gateway::feeds::is_valid_feed_name(name) {
         return Err(format!(
             "'{name}' is not a feed name: use 1 to 128 of A-Z a-z 0-9 _ . - (no slash)"
         ));
@@ -122,7 +122,7 @@ fn main() -> ExitCode {
             request_client_no_context_takeover: args.deflate_no_client_context,
             ..DeflateConfig::default()
         },
-        history: gateway::router::HistoryConfig {
+        history: gateway::topics::HistoryConfig {
             messages: args.history.max(1),
             bytes: args.history_bytes,
         },

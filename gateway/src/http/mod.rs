@@ -123,7 +123,7 @@ pub fn respond(
             (ctx.metrics)().into_bytes(),
         ),
         Route::Index => (200, HTML, pages::index(&(ctx.topics)()).into_bytes()),
-        Route::ChatPage if crate::router::is_valid_topic(param) && !param.contains('/') => {
+        Route::ChatPage if crate::topics::is_valid_topic(param) && !param.contains('/') => {
             (200, HTML, pages::chat(param).into_bytes())
         }
         Route::FilePage => match (ctx.file)(param) {

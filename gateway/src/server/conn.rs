@@ -9,7 +9,7 @@ use mio::net::TcpStream;
 use super::outbox::Outbox;
 use crate::http::Route;
 use crate::proto::{Inflater, Reader};
-use crate::router::TopicId;
+use crate::topics::TopicId;
 
 /// A connection's lifecycle phase.
 #[derive(Debug)]

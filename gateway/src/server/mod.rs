@@ -6,7 +6,7 @@
 //! workers is configuration (read-only), the open-connection count (one atomic) and per-worker
 //! counters that `/metrics` sums.
 //!
-//! The feeds configured with `--watch` and `--tail` ([`crate::apps`]) run on threads of their
+//! The feeds configured with `--watch` and `--tail` ([`crate::feeds`]) run on threads of their
 //! own, started here and stopped with the workers.
 
 mod conn;
@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::apps::{self, SourceHandle};
+use crate::feeds::{self, FeedHandle};
 use crate::proto::DeflateConfig;
-use crate::router::{HistoryConfig, Hub, Mailbox};
+use crate::topics::{HistoryConfig, Hub, Mailbox};
 pub use stats::{Stats, WorkerStats};
 
 /// Everything the server can be told. `Default` is the out-of-the-box configuration.
@@ -80,7 +80,7 @@ pub struct Config {
     pub trust_loopback: bool,
     /// Watched files (`--watch NAME=PATH`): the whole content of PATH goes to topic
     /// `file/NAME` whenever it changes, served at `/ws/file/NAME` and `/file/NAME`. Names are
-    /// one topic segment ([`apps::is_valid_feed_name`]). Default none.
+    /// one topic segment ([`feeds::is_valid_feed_name`]). Default none.
     pub watch: Vec<(String, PathBuf)>,
     /// Tailed logs (`--tail NAME=PATH`): each line appended to PATH goes to topic `log/NAME`,
     /// served at `/ws/log/NAME`. Default none.
@@ -149,7 +149,7 @@ impl Server {
     /// address, a bad feed name) are returned before any thread starts. A watched or tailed
     /// file that is missing is not an error: it is reported, and followed once it appears.
     pub fn start(config: Config) -> io::Result<ServerHandle> {
-        apps::check_names(&config.watch, &config.tail)?;
+        feeds::check_names(&config.watch, &config.tail)?;
         let workers = config.workers.max(1);
         let listeners = bind_listeners(&config, workers)?;
         let local_addr = listeners[0].local_addr()?;
@@ -177,7 +177,7 @@ impl Server {
         shared.hub.set_mailboxes(mailboxes);
         // The feeds create their topics (with their kind) and publish their first version
         // before any client can subscribe.
-        let sources = apps::start(&shared.hub, &shared.config.watch, &shared.config.tail)?;
+        let sources = feeds::start(&shared.hub, &shared.config.watch, &shared.config.tail)?;
         let mut threads = Vec::new();
         for (id, worker) in built.into_iter().enumerate() {
             threads.push(
@@ -241,7 +241,7 @@ pub struct ServerHandle {
     shared: Arc<Shared>,
     wakers: Vec<Arc<mio::Waker>>,
     threads: Vec<JoinHandle<()>>,
-    sources: Vec<SourceHandle>,
+    sources: Vec<FeedHandle>,
 }
 
 impl ServerHandle {

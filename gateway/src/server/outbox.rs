@@ -10,7 +10,7 @@ use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 
 use super::pool::BufPool;
-use crate::router::TopicId;
+use crate::topics::TopicId;
 
 /// Segments written per `writev`.
 const MAX_IOV: usize = 64;

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use gateway::router::TopicKind;
 use gateway::server::ServerHandle;
+use gateway::topics::TopicKind;
 use tungstenite::{Message, WebSocket};
 
 use crate::util::{self, eventually, http_get, try_raw_handshake, wait_subscribers, ws_connect};

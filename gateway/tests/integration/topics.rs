@@ -118,7 +118,7 @@ fn a_publish_reaches_1000_subscribers_on_all_workers_exactly_once() {
 #[test]
 fn since_recovers_with_no_gap_and_no_duplicate() {
     let server = util::start(util::Config {
-        history: gateway::router::HistoryConfig {
+        history: gateway::topics::HistoryConfig {
             messages: 5,
             bytes: 1 << 20,
         },
@@ -170,7 +170,7 @@ fn since_recovers_with_no_gap_and_no_duplicate() {
 #[test]
 fn since_under_concurrent_publishing_has_no_gap_or_duplicate() {
     let server = util::start(util::Config {
-        history: gateway::router::HistoryConfig {
+        history: gateway::topics::HistoryConfig {
             messages: 10_000,
             bytes: 16 << 20,
         },

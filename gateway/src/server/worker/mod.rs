@@ -25,8 +25,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::Shared;
+mod delivery;
 mod feeds;
-mod sources;
 
 use super::conn::{Conn, Phase, Ws};
 use super::outbox::Outbox;
@@ -40,8 +40,8 @@ use crate::proto::{
     CloseCode, CloseFrame, DeflateParams, Deflater, Event, HeaderBuf, MessageKind, OpCode,
     ProtocolError, Reader, Role,
 };
-use crate::router::ToWorker;
-use crate::router::local::{LocalTopics, Sub};
+use crate::topics::ToWorker;
+use crate::topics::local::{LocalTopics, Sub};
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
@@ -443,7 +443,7 @@ impl Worker {
             return input.len();
         }
         // A chat room is one topic segment.
-        if route == Route::Chat && (param.contains('/') || !crate::router::is_valid_topic(param)) {
+        if route == Route::Chat && (param.contains('/') || !crate::topics::is_valid_topic(param)) {
             self.refuse_status(key, 404);
             return input.len();
         }
@@ -454,7 +454,7 @@ impl Worker {
                 match self
                     .shared
                     .hub
-                    .try_topic(&name, crate::router::TopicKind::Stream)
+                    .try_topic(&name, crate::topics::TopicKind::Stream)
                 {
                     Some(id) => Some(id),
                     None => {
@@ -512,7 +512,7 @@ impl Worker {
                 .render_prometheus(shared.open_conns.load(Ordering::Relaxed))
         };
         let topics = || shared.hub.snapshot();
-        let file = |name: &str| sources::file_view(&shared, name);
+        let file = |name: &str| feeds::file_view(&shared, name);
         let mut out = mem::take(&mut self.scratch);
         out.clear();
         let ctx = PlainContext {

@@ -10,7 +10,7 @@
 //! directory was replaced, the path is a symlink whose target was swapped) is caught by a stat
 //! every [`POLL`]. A source never panics on a missing or unreadable file: it reports and waits.
 //!
-//! [`SourceHandle`] stops a source: [`Server::start`](crate::server::Server::start) starts one
+//! [`FeedHandle`] stops a source: [`Server::start`](crate::server::Server::start) starts one
 //! per configured feed and stops them on shutdown.
 
 pub mod file;
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
-use crate::router::{Hub, is_valid_topic};
+use crate::topics::{Hub, is_valid_topic};
 
 /// How often a source stats its file when no event came: the fallback when the watch failed,
 /// and the safety net for what inotify on the directory cannot see.
@@ -231,12 +231,12 @@ impl DirWatch {
 
 /// A running source; stopping it (or dropping the handle) ends its thread within one wake.
 #[derive(Debug)]
-pub struct SourceHandle {
+pub struct FeedHandle {
     tx: Sender<Signal>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl SourceHandle {
+impl FeedHandle {
     /// Asks the source to stop; returns at once.
     pub fn stop(&self) {
         let _ = self.tx.send(Signal::Stop);
@@ -251,7 +251,7 @@ impl SourceHandle {
     }
 }
 
-impl Drop for SourceHandle {
+impl Drop for FeedHandle {
     fn drop(&mut self) {
         self.stop();
     }
@@ -262,13 +262,13 @@ fn spawn(
     topic: String,
     path: &Path,
     run: impl FnOnce(DirWatch) + Send + 'static,
-) -> io::Result<SourceHandle> {
+) -> io::Result<FeedHandle> {
     let watch = DirWatch::new(path, topic.clone());
     let tx = watch.tx.clone();
     let thread = std::thread::Builder::new()
         .name(format!("gw-{}", topic.replace('/', "-")))
         .spawn(move || run(watch))?;
-    Ok(SourceHandle {
+    Ok(FeedHandle {
         tx,
         thread: Some(thread),
     })
@@ -304,7 +304,7 @@ pub fn start(
     hub: &Arc<Hub>,
     watch: &[(String, PathBuf)],
     tail: &[(String, PathBuf)],
-) -> io::Result<Vec<SourceHandle>> {
+) -> io::Result<Vec<FeedHandle>> {
     check_names(watch, tail)?;
     let mut out = Vec::with_capacity(watch.len() + tail.len());
     for (name, path) in watch {

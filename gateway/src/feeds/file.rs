@@ -8,7 +8,7 @@
 //! differ from what subscribers last got, so `touch` or a writer rewriting the same bytes sends
 //! nothing. Content that is valid UTF-8 goes out as a text message, anything else as binary.
 //!
-//! Each version carries a stamp ([`Published::stamp`](crate::router::Published::stamp)): the
+//! Each version carries a stamp ([`Published::stamp`](crate::topics::Published::stamp)): the
 //! file's modification time in nanoseconds since the Unix epoch, raised when needed to one more
 //! than the previous version's, so stamps only grow. `/ws/file/{name}?lastMod=<hex>` sends the
 //! current version at once only if its stamp is greater than `lastMod`. Because the stamp is the
@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{SourceHandle, Wake, describe, spawn};
+use super::{FeedHandle, Wake, describe, spawn};
 use crate::proto::MessageKind;
-use crate::router::{Hub, TopicId, TopicKind};
+use crate::topics::{Hub, TopicId, TopicKind};
 
 /// Events this soon after the first are part of the same change.
 pub const DEBOUNCE: Duration = Duration::from_millis(10);
@@ -176,7 +176,7 @@ fn read(path: &Path) -> io::Result<(Signature, Vec<u8>)> {
 
 /// Starts watching `path` for topic `file/{name}`. The file is read (and its content or error
 /// published) before this returns.
-pub fn start(hub: Arc<Hub>, name: &str, path: &Path) -> io::Result<SourceHandle> {
+pub fn start(hub: Arc<Hub>, name: &str, path: &Path) -> io::Result<FeedHandle> {
     let mut feed = FileFeed::new(&hub, name, path);
     feed.check(&hub);
     spawn(feed.name.clone(), path, move |mut watch| {
@@ -199,7 +199,7 @@ pub fn start(hub: Arc<Hub>, name: &str, path: &Path) -> io::Result<SourceHandle>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::HistoryConfig;
+    use crate::topics::HistoryConfig;
 
     fn temp_path(tag: &str) -> PathBuf {
         std::env::temp_dir().join(format!(

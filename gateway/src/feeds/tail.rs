@@ -38,9 +38,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{SourceHandle, Wake, describe, spawn};
+use super::{FeedHandle, Wake, describe, spawn};
 use crate::proto::MessageKind;
-use crate::router::{Hub, TopicId, TopicKind};
+use crate::topics::{Hub, TopicId, TopicKind};
 
 /// Longest line sent as one message, in bytes (64 KiB); longer lines are sent in pieces.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -351,7 +351,7 @@ impl Tailer {
 
 /// Starts tailing `path` for topic `log/{name}`. The file (if it exists) is opened at its end
 /// before this returns, so every line completed afterwards is sent.
-pub fn start(hub: Arc<Hub>, name: &str, path: &Path) -> io::Result<SourceHandle> {
+pub fn start(hub: Arc<Hub>, name: &str, path: &Path) -> io::Result<FeedHandle> {
     let mut tailer = Tailer::new(&hub, name, path);
     tailer.open(true);
     spawn(tailer.name.clone(), path, move |mut watch| {

@@ -71,7 +71,7 @@ impl LocalTopics {
 mod tests {
     use super::*;
     use crate::proto::MessageKind;
-    use crate::router::{HistoryConfig, Hub, TopicKind};
+    use crate::topics::{HistoryConfig, Hub, TopicKind};
 
     #[test]
     fn exactly_once_across_replay_and_live() {
