@@ -265,6 +265,56 @@ impl Deflater {
     }
 }
 
+/// What the server sends compressed: one [`Deflater`] per window size, shared by every
+/// connection of a worker (each message is compressed on its own, `server_no_context_takeover`),
+/// and the rule "compress only if it is worth it" in one place for echoes and published frames.
+#[derive(Debug)]
+pub struct Compressor {
+    level: u32,
+    min_size: usize,
+    /// Indexed by window bits - 8.
+    deflaters: [Option<Deflater>; 8],
+    /// Holds the last compressed body; shrunk back after a large message.
+    scratch: Vec<u8>,
+}
+
+/// The scratch buffer is freed after a message compressed past this size.
+const SCRATCH_KEEP: usize = 256 * 1024;
+
+impl Compressor {
+    pub fn new(cfg: &DeflateConfig) -> Compressor {
+        Compressor {
+            level: cfg.level,
+            min_size: cfg.min_size,
+            deflaters: Default::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The body to send for `payload` to a peer that negotiated a `bits` window (`None`: no
+    /// compression): `(true, compressed)` when compression was tried and shrank it, else
+    /// `(false, payload)`. Short messages are not tried, and incompressible ones go out as they
+    /// are: same bytes, no work for the client.
+    pub fn encode<'a>(&'a mut self, bits: Option<u8>, payload: &'a [u8]) -> (bool, &'a [u8]) {
+        let Some(bits) = bits.filter(|_| payload.len() >= self.min_size) else {
+            return (false, payload);
+        };
+        if self.scratch.capacity() > SCRATCH_KEEP {
+            self.scratch = Vec::new();
+        }
+        self.scratch.clear();
+        let level = self.level;
+        self.deflaters[usize::from(bits.clamp(8, 15) - 8)]
+            .get_or_insert_with(|| Deflater::new(bits, true, level))
+            .compress(payload, &mut self.scratch);
+        if self.scratch.len() < payload.len() {
+            (true, &self.scratch)
+        } else {
+            (false, payload)
+        }
+    }
+}
+
 /// Decompresses messages, possibly with context kept between them.
 #[derive(Debug)]
 pub struct Inflater {

@@ -11,7 +11,10 @@
 //! - [`close`]: close codes and payloads.
 //! - [`reader`]: the streaming reader that turns bytes into messages and control frames.
 //! - [`handshake`]: the opening handshake for both roles, and plain HTTP answers.
-//! - [`deflate`]: permessage-deflate negotiation and codec.
+//! - [`deflate`]: permessage-deflate negotiation and codec, and the shared [`Compressor`].
+//! - [`session`]: one open connection's state machine for either role: close handshake, owed
+//!   pongs, keep-alive deadlines (time passed in).
+//! - [`rng`]: masking and handshake keys for the client role.
 
 pub mod close;
 pub mod deflate;
@@ -20,13 +23,17 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod reader;
+pub mod rng;
+pub mod session;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
-pub use deflate::{DeflateConfig, DeflateParams, Deflater, Inflater};
+pub use deflate::{Compressor, DeflateConfig, DeflateParams, Deflater, Inflater};
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, HeaderBuf, OpCode};
 pub use reader::{Event, MessageKind, Reader, Step};
+pub use rng::Rng;
+pub use session::{Session, SessionState, Tick, Timeout, Timeouts};
 
 /// Which end of the connection this side is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

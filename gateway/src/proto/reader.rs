@@ -90,6 +90,11 @@ impl Reader {
         }
     }
 
+    /// Which end this reader serves.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     /// True between messages: the message buffer may be given back.
     pub fn is_between_messages(&self) -> bool {
         self.message.is_none()
