@@ -10,6 +10,7 @@
 //! own, started here and stopped with the workers.
 
 mod conn;
+pub mod conn_id;
 mod outbox;
 mod pool;
 pub mod stats;
@@ -29,6 +30,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::feeds::{self, FeedHandle};
 use crate::proto::DeflateConfig;
 use crate::topics::{HistoryConfig, Hub, Mailbox};
+pub use conn_id::{ConnId, Generations};
 pub use stats::{Stats, WorkerStats};
 
 /// Everything the server can be told. `Default` is the out-of-the-box configuration.
