@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# Runs the same loadgen scenarios against the gateway and against a reference peer (a
-# tokio-tungstenite echo + broadcast server written the way a typical Rust user would, kept in
-# scripts/peers/tokio-tungstenite as its own cargo project), and prints a side-by-side table:
+# Runs the same loadgen scenarios against the gateway and against reference peers, and prints a
+# side-by-side table:
 #
 #   memory per idle connection   loadgen --scenario connect, RSS growth / open connections
 #   echo msgs/s and round trip   loadgen --scenario echo
 #   fan-out p99 to N subscribers loadgen --scenario fanout --publisher ws (a chat client
-#                                publishes; both servers deliver it to the whole room)
+#                                publishes; every server delivers it to the whole room)
 #
-# Both servers run with two worker threads (the gateway with --workers 2, the peer on tokio's
-# default of one per CPU, here 2) on the same machine as loadgen, whose own CPU use is shown
-# beside theirs. Each server is one fresh process for all three scenarios; memory is measured
-# first, on the fresh process.
+# The peers, each serving /echo and /ws/chat/{room} with the same contract:
+#   tokio-tungstenite  scripts/peers/tokio-tungstenite, the way a typical Rust user writes it
+#   fastwebsockets     scripts/peers/fastwebsockets, hyper + fastwebsockets as in its examples
+#   uWebSockets        scripts/peers/uws (C++), only with UWS_DIR: a uWebSockets checkout with
+#                      uSockets in its uSockets/ folder, kept outside this repository; built by
+#                      scripts/peers/uws/build.sh into target/peers/uws-peer
+#
+# The gateway runs --workers GATEWAY_WORKERS (2), the Rust peers on tokio's default of one
+# worker thread per CPU (here 2), uWebSockets on one thread, as it is normally run: compare
+# its CPU-normalised rows (CPU per message) rather than raw rates. All run on the same machine as
+# loadgen, whose own CPU use is shown beside theirs. Each server is one fresh process for all
+# three scenarios; memory is measured first, on the fresh process. Each peer cell also shows the
+# gateway's advantage over that peer (see the note under the table).
 #
 # Environment (defaults in brackets): IDLE_CONNS [10000], ECHO_CONNS [1000], PIPELINE [1],
-# SIZE [64], FANOUT_SUBS [10000], FANOUT_RATE [10], DURATION [5s], GATEWAY_PORT [9450],
-# PEER_PORT [9460], OUT [target/compare], NO_BUILD (set: use binaries already built).
+# SIZE [64], FANOUT_SUBS [10000], FANOUT_RATE [10], DURATION [5s], GATEWAY_WORKERS [2],
+# GATEWAY_PORT [9450], PEER_PORT [9460] (tokio-tungstenite), FWS_PORT [9470], UWS_PORT [9480],
+# PEERS ["tokio-tungstenite fastwebsockets"] (which Rust peers to run; empty for none),
+# UWS_DIR [unset: no uWebSockets run], OUT [target/compare], NO_BUILD (set: use binaries
+# already built, target/peers/uws-peer for uWebSockets).
 # Traffic stays on 127.0.0.0/8 and every run ends by itself.
 set -euo pipefail
 
@@ -35,15 +46,39 @@ FANOUT_SUBS=${FANOUT_SUBS:-10000}
 FANOUT_RATE=${FANOUT_RATE:-10}
 DURATION=${DURATION:-5s}
 GATEWAY_PORT=${GATEWAY_PORT:-9450}
+GATEWAY_WORKERS=${GATEWAY_WORKERS:-2}
 PEER_PORT=${PEER_PORT:-9460}
+FWS_PORT=${FWS_PORT:-9470}
+UWS_PORT=${UWS_PORT:-9480}
+PEERS=${PEERS-tokio-tungstenite fastwebsockets}
+UWS_DIR=${UWS_DIR:-}
 OUT=${OUT:-target/compare}
+for p in $PEERS; do
+    case "$p" in
+        tokio-tungstenite|fastwebsockets) ;;
+        *) echo "compare: unknown peer '$p' in PEERS (tokio-tungstenite, fastwebsockets; uWebSockets comes with UWS_DIR)" >&2; exit 2 ;;
+    esac
+done
+if [ -n "$UWS_DIR" ] && [ ! -d "$UWS_DIR" ]; then
+    echo "compare: UWS_DIR=$UWS_DIR is not a directory (want a uWebSockets checkout)" >&2
+    exit 2
+fi
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
 if [ -z "${NO_BUILD:-}" ]; then
     cargo build --release -q -p gateway -p loadgen
-    cargo build --release -q --manifest-path scripts/peers/tokio-tungstenite/Cargo.toml \
-        --target-dir "$root/target/peers"
+    for p in $PEERS; do
+        cargo build --release -q --manifest-path "scripts/peers/$p/Cargo.toml" \
+            --target-dir "$root/target/peers"
+    done
+    if [ -n "$UWS_DIR" ]; then
+        scripts/peers/uws/build.sh "$UWS_DIR" "$root/target/peers/uws-peer"
+    fi
+fi
+if [ -n "$UWS_DIR" ] && [ ! -x "$root/target/peers/uws-peer" ]; then
+    echo "compare: no target/peers/uws-peer: run without NO_BUILD, or scripts/peers/uws/build.sh \"$UWS_DIR\" target/peers/uws-peer" >&2
+    exit 1
 fi
 mkdir -p "$OUT"
 loadgen="$root/target/release/loadgen"
@@ -87,12 +122,27 @@ run() {
     server_pid=
 }
 
-run gateway "$GATEWAY_PORT" "$root/target/release/gateway" --listen "127.0.0.1:$GATEWAY_PORT" --workers 2
-run peer "$PEER_PORT" "$root/target/peers/release/peer-tokio-tungstenite" "127.0.0.1:$PEER_PORT"
+names=(gateway)
+run gateway "$GATEWAY_PORT" "$root/target/release/gateway" --listen "127.0.0.1:$GATEWAY_PORT" \
+    --workers "$GATEWAY_WORKERS"
+for p in $PEERS; do
+    case "$p" in
+        tokio-tungstenite)
+            run tokio-tungstenite "$PEER_PORT" "$root/target/peers/release/peer-tokio-tungstenite" "127.0.0.1:$PEER_PORT" ;;
+        fastwebsockets)
+            run fastwebsockets "$FWS_PORT" "$root/target/peers/release/peer-fastwebsockets" "127.0.0.1:$FWS_PORT" ;;
+    esac
+    names+=("$p")
+done
+if [ -n "$UWS_DIR" ]; then
+    run uWebSockets "$UWS_PORT" "$root/target/peers/uws-peer" "$UWS_PORT"
+    names+=(uWebSockets)
+fi
 
-python3 - "$OUT" "$IDLE_CONNS" "$ECHO_CONNS" "$PIPELINE" "$SIZE" "$FANOUT_SUBS" "$FANOUT_RATE" <<'PY'
+python3 - "$OUT" "$IDLE_CONNS" "$ECHO_CONNS" "$PIPELINE" "$SIZE" "$FANOUT_SUBS" "$FANOUT_RATE" "${names[@]}" <<'PY'
 import json, os, sys
-out, idle, echo_conns, pipeline, size, subs, rate = sys.argv[1:]
+out, idle, echo_conns, pipeline, size, subs, rate = sys.argv[1:8]
+names = sys.argv[8:]  # gateway first, then the peers
 
 def load(name, scenario):
     try:
@@ -115,28 +165,36 @@ def get(r, *path):
         r = r.get(p) if isinstance(r, dict) else None
     return r
 
-rows = []  # (label, gateway, peer, unit, lower_is_better)
-g, p = load("gateway", "idle"), load("peer", "idle")
-rows.append((f"memory per idle connection ({idle} open)", mem_per_conn(g), mem_per_conn(p), "B", True))
-g, p = load("gateway", "echo"), load("peer", "echo")
-rows.append((f"echo msgs/s ({echo_conns} conns x {pipeline} x {size} B)", get(g, "echo", "msgs_per_s"), get(p, "echo", "msgs_per_s"), "/s", False))
-rows.append(("echo round trip p99", get(g, "echo", "rtt", "p99_us"), get(p, "echo", "rtt", "p99_us"), "us", True))
 def cpu_per_msg(r):
     t = get(r, "cpu", "targets")
     n = get(r, "echo", "verified")
     if not t or t[0]["cpu_s"] is None or not n:
         return None
     return t[0]["cpu_s"] / n * 1e6
-rows.append(("echo server CPU per message", cpu_per_msg(g), cpu_per_msg(p), "us", True))
-rows.append(("echo server CPU (share of one core)", get(g, "cpu", "targets_pct"), get(p, "cpu", "targets_pct"), "% core", None))
-rows.append(("echo loadgen CPU (share of one core)", get(g, "cpu", "loadgen_pct"), get(p, "cpu", "loadgen_pct"), "% core", None))
-g, p = load("gateway", "fanout"), load("peer", "fanout")
-rows.append((f"fan-out p99 to {subs} subscribers ({rate} msg/s)", get(g, "fanout", "latency", "p99_us"), get(p, "fanout", "latency", "p99_us"), "us", True))
-rows.append(("fan-out p50", get(g, "fanout", "latency", "p50_us"), get(p, "fanout", "latency", "p50_us"), "us", True))
-rows.append(("fan-out deliveries/s", get(g, "fanout", "deliveries_per_s"), get(p, "fanout", "deliveries_per_s"), "/s", False))
-rows.append(("fan-out lost deliveries", get(g, "fanout", "lost"), get(p, "fanout", "lost"), "", True))
-rows.append(("fan-out server CPU (share of one core)", get(g, "cpu", "targets_pct"), get(p, "cpu", "targets_pct"), "% core", None))
-rows.append(("fan-out loadgen CPU (share of one core)", get(g, "cpu", "loadgen_pct"), get(p, "cpu", "loadgen_pct"), "% core", None))
+
+def cpu_per_delivery(r):
+    t = get(r, "cpu", "targets")
+    n = get(r, "fanout", "deliveries")
+    if not t or t[0]["cpu_s"] is None or not n:
+        return None
+    return t[0]["cpu_s"] / n * 1e6
+
+# (label, scenario, figure, unit, lower_is_better)
+measures = [
+    (f"memory per idle connection ({idle} open)", "idle", mem_per_conn, "B", True),
+    (f"echo msgs/s ({echo_conns} conns x {pipeline} x {size} B)", "echo", lambda r: get(r, "echo", "msgs_per_s"), "/s", False),
+    ("echo round trip p99", "echo", lambda r: get(r, "echo", "rtt", "p99_us"), "us", True),
+    ("echo server CPU per message", "echo", cpu_per_msg, "us", True),
+    ("echo server CPU (share of one core)", "echo", lambda r: get(r, "cpu", "targets_pct"), "% core", None),
+    ("echo loadgen CPU (share of one core)", "echo", lambda r: get(r, "cpu", "loadgen_pct"), "% core", None),
+    (f"fan-out p99 to {subs} subscribers ({rate} msg/s)", "fanout", lambda r: get(r, "fanout", "latency", "p99_us"), "us", True),
+    ("fan-out p50", "fanout", lambda r: get(r, "fanout", "latency", "p50_us"), "us", True),
+    ("fan-out deliveries/s", "fanout", lambda r: get(r, "fanout", "deliveries_per_s"), "/s", False),
+    ("fan-out server CPU per delivery (incl. handshakes)", "fanout", cpu_per_delivery, "us", True),
+    ("fan-out lost deliveries", "fanout", lambda r: get(r, "fanout", "lost"), "", True),
+    ("fan-out server CPU (share of one core)", "fanout", lambda r: get(r, "cpu", "targets_pct"), "% core", None),
+    ("fan-out loadgen CPU (share of one core)", "fanout", lambda r: get(r, "cpu", "loadgen_pct"), "% core", None),
+]
 
 def fmt(v, unit):
     if v is None:
@@ -151,21 +209,28 @@ def ratio(gv, pv, lower):
     if lower is None or gv is None or pv is None or gv == 0 or pv == 0:
         return ""
     x = pv / gv if lower else gv / pv
-    return f"{x:.1f}x"
+    return f" ({x:.1f}x)"
 
 print()
-print("| measure | gateway | tokio-tungstenite | gateway advantage |")
-print("| --- | ---: | ---: | ---: |")
-for label, gv, pv, unit, lower in rows:
-    print(f"| {label} | {fmt(gv, unit)} | {fmt(pv, unit)} | {ratio(gv, pv, lower)} |")
+print("| measure | " + " | ".join(names) + " |")
+print("| --- |" + " ---: |" * len(names))
+for label, scenario, figure, unit, lower in measures:
+    values = [figure(load(n, scenario)) for n in names]
+    cells = [fmt(values[0], unit)]
+    cells += [fmt(v, unit) + ratio(values[0], v, lower) for v in values[1:]]
+    print(f"| {label} | " + " | ".join(cells) + " |")
 print()
-print("gateway advantage: how many times better the gateway is (peer/gateway for costs and")
-print("latencies, gateway/peer for rates); below 1.0x the peer is better. CPU shares are")
-print("context: on a small machine loadgen and the server share the cores.")
-for name in ("gateway", "peer"):
+print("(Nx) beside a peer's figure: how many times better the gateway is than that peer")
+print("(peer/gateway for costs and latencies, gateway/peer for rates); below 1.0x the peer is")
+print("better. CPU shares are context: on a small machine loadgen and the servers share the cores.")
+if "uWebSockets" in names:
+    print("uWebSockets runs on one thread; compare its CPU per message/delivery, not raw rates.")
+for name in names:
     for sc in ("idle", "echo", "fanout"):
         r = load(name, sc)
-        if r is not None and not r["ok"]:
+        if r is None:
+            print(f"note: {name} {sc} run left no report (see {out}/{name}.log, {out}/{name}-{sc}.txt)")
+        elif not r["ok"]:
             print(f"note: {name} {sc} run was NOT OK: {r['failures']}")
 PY
 echo "compare: reports in $OUT/"
