@@ -1,12 +1,18 @@
-//! Routing on the one port, and the plain HTTP answers (pages, health, metrics, 404).
+//! Plain HTTP on the one port: routing ([`route`]), the plain answers (pages, health, metrics,
+//! 404: [`respond`]), response writing ([`response`]) and the publish request checks
+//! ([`publish`]).
 //!
 //! The event loop parses the request head (with `proto::handshake`) and asks [`route`] what the
-//! path is. WebSocket endpoints go through the upgrade; `POST /publish/{topic}` is handled by
-//! the loop (it needs the hub); everything else is answered here with one response.
+//! path is. WebSocket endpoints go through the upgrade; `POST /publish/{topic}` is checked by
+//! [`publish::check_publish`] and published by the loop (it needs the hub); everything else is
+//! answered here with one response.
 
 pub mod pages;
+pub mod publish;
+pub mod response;
 
-use crate::proto::handshake::{Request, write_http_response};
+use crate::proto::handshake::Request;
+use response::{HTML, Response, TEXT};
 
 /// What a request path is. Routes with a parameter (room, topic) carry it in [`route`]'s
 /// second return value.
@@ -104,19 +110,13 @@ pub fn respond(
 ) -> u16 {
     let head_only = req.method == "HEAD";
     if req.method != "GET" && !head_only {
-        write_http_response(
-            out,
-            405,
-            &[("Allow", "GET, HEAD")],
-            "text/plain; charset=utf-8",
-            b"method not allowed\n",
-            false,
-        );
+        Response::new(405, TEXT, b"method not allowed\n")
+            .headers(&[("Allow", "GET, HEAD")])
+            .write(out);
         return 405;
     }
-    const HTML: &str = "text/html; charset=utf-8";
     let (status, ctype, body): (u16, &str, Vec<u8>) = match route {
-        Route::Health => (200, "text/plain; charset=utf-8", b"ok\n".to_vec()),
+        Route::Health => (200, TEXT, b"ok\n".to_vec()),
         Route::Metrics => (
             200,
             "text/plain; version=0.0.4",
@@ -128,16 +128,16 @@ pub fn respond(
         }
         Route::FilePage => match (ctx.file)(param) {
             Some((content, stamp)) => (200, HTML, pages::file(param, &content, stamp).into_bytes()),
-            None => (404, "text/plain; charset=utf-8", b"not found\n".to_vec()),
+            None => (404, TEXT, b"not found\n".to_vec()),
         },
-        _ => (404, "text/plain; charset=utf-8", b"not found\n".to_vec()),
+        _ => (404, TEXT, b"not found\n".to_vec()),
     };
-    let mut response = Vec::new();
-    write_http_response(&mut response, status, &[], ctype, &body, false);
+    let response = Response::new(status, ctype, &body);
     if head_only {
-        response.truncate(response.len() - body.len());
+        response.write_head(out);
+    } else {
+        response.write(out);
     }
-    out.extend_from_slice(&response);
     status
 }
 

@@ -278,6 +278,13 @@ pub struct Compressor {
     scratch: Vec<u8>,
 }
 
+impl Default for Compressor {
+    /// A compressor with the default policy; allocates nothing until it compresses.
+    fn default() -> Self {
+        Compressor::new(&DeflateConfig::default())
+    }
+}
+
 /// The scratch buffer is freed after a message compressed past this size.
 const SCRATCH_KEEP: usize = 256 * 1024;
 

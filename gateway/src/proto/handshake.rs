@@ -1,4 +1,5 @@
-//! The opening handshake (RFC 6455 section 4) for both roles, and plain HTTP answers.
+//! The opening handshake (RFC 6455 section 4) for both roles: the request head, the decision
+//! and the 101 answer. Other HTTP answers are written by `crate::http`.
 //!
 //! HTTP parsing is httparse's; this module adds the WebSocket rules on top. Nothing here reads a
 //! socket: the caller lends the request bytes and the header storage, and gets back either a
@@ -56,25 +57,17 @@ impl HandshakeError {
         }
     }
 
-    /// The full HTTP response for this refusal (the connection is closed after it).
-    pub fn write_response(&self, out: &mut Vec<u8>) {
-        let extra: &[(&str, &str)] = match self {
+    /// Headers the refusal must carry (RFC 6455 4.2.2: a version refusal names the version
+    /// the server speaks).
+    pub fn headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
             HandshakeError::UpgradeRequired => {
                 &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")]
             }
             HandshakeError::UnsupportedVersion => &[("Sec-WebSocket-Version", "13")],
             HandshakeError::MethodNotAllowed => &[("Allow", "GET")],
             _ => &[],
-        };
-        let body = format!("{self}\n");
-        write_http_response(
-            out,
-            self.status(),
-            extra,
-            "text/plain; charset=utf-8",
-            body.as_bytes(),
-            false,
-        );
+        }
     }
 }
 
@@ -298,50 +291,6 @@ pub fn accept(
         protocol,
         deflate,
     })
-}
-
-/// Standard reason phrases for the statuses the gateway sends.
-pub fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        101 => "Switching Protocols",
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Content Too Large",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-/// Writes a complete HTTP/1.1 response with a body.
-pub fn write_http_response(
-    out: &mut Vec<u8>,
-    status: u16,
-    headers: &[(&str, &str)],
-    content_type: &str,
-    body: &[u8],
-    keep_alive: bool,
-) {
-    use std::io::Write as _;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n",
-        reason_phrase(status),
-        body.len(),
-        if keep_alive { "keep-alive" } else { "close" }
-    );
-    for (name, value) in headers {
-        let _ = write!(out, "{name}: {value}\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
 }
 
 /// Client side: a `Sec-WebSocket-Key` from 16 caller-supplied random bytes.

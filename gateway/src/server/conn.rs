@@ -1,22 +1,25 @@
-//! One connection's state: the socket, the phase it is in, and the buffers it has borrowed.
+//! One connection's record in the worker's slab: the socket, the phase it is in, and the
+//! buffers it has borrowed.
 //!
 //! A connection moves Handshake -> Open -> Linger -> (removed), or Handshake -> Linger for a plain
-//! HTTP answer or a refused handshake. The phase enum owns what only that phase needs: the frame
-//! reader and message buffer exist only while the WebSocket is open.
+//! HTTP answer or a refused handshake. The phase enum owns what only that phase needs: the
+//! WebSocket [`Session`] exists only while the WebSocket is open.
 
 use mio::net::TcpStream;
 
+use super::ConnId;
 use super::outbox::Outbox;
 use crate::http::Route;
-use crate::proto::{Inflater, Reader};
+use crate::proto::Session;
 use crate::topics::TopicId;
 
 /// A connection's lifecycle phase.
 #[derive(Debug)]
 pub(super) enum Phase {
-    /// Waiting for a complete HTTP request head.
+    /// Waiting for a complete HTTP request head (or the next one, on a kept-alive publish
+    /// connection).
     Handshake,
-    /// The WebSocket is open (a close frame may have been sent: see [`Ws::close_sent`]).
+    /// The WebSocket is open.
     Open(Ws),
     /// The last bytes are queued; once they drain the write side is shut, and input is read and
     /// discarded until the peer closes or the close grace runs out. Closing this way, rather than
@@ -25,21 +28,14 @@ pub(super) enum Phase {
     Linger,
 }
 
-/// State of an open WebSocket.
+/// An open WebSocket: the protocol session, what the endpoint does with messages, and the
+/// topics it follows.
 #[derive(Debug)]
 pub(super) struct Ws {
-    pub reader: Reader,
-    /// The message being assembled; pooled, unallocated between messages.
-    pub msg: Vec<u8>,
-    /// The peer's compression context, when it keeps one between messages.
-    pub inflater: Option<Box<Inflater>>,
-    /// Window bits for what the server sends, when permessage-deflate was negotiated.
-    pub send_deflate: Option<u8>,
+    pub session: Session,
     pub route: Route,
     /// Topics this connection is subscribed to (unallocated when none).
     pub topics: Vec<TopicId>,
-    /// A close frame has gone out; nothing else may follow it.
-    pub close_sent: bool,
 }
 
 /// A connection: its slab entry is all an idle connection costs in user space.
@@ -50,13 +46,11 @@ pub(super) struct Conn {
     pub generation: u32,
     /// Tick of this connection's live timer-wheel entry; 0 when none is armed.
     pub timer_at: u32,
-    /// Tick the current phase began (or the close frame was sent).
+    /// Tick the current phase began (the handshake and linger deadlines count from it).
     pub since: u32,
-    /// Tick of the last read that returned bytes.
-    pub last_rx: u32,
-    /// Tick of the last keep-alive ping sent (or of the open).
-    pub last_ping: u32,
-    /// A write failed: the connection is removed at the end of the current event.
+    /// The connection is finished (failed write, reset, deadline, clean end): it is removed
+    /// from the slab by `Worker::reap` at the end of the current event, and nothing more is
+    /// read or written meanwhile.
     pub dead: bool,
     /// Reading stopped because too much output is queued; resumes when it drains.
     pub paused: bool,
@@ -84,8 +78,6 @@ impl Conn {
             generation,
             timer_at: 0,
             since: now,
-            last_rx: now,
-            last_ping: now,
             dead: false,
             paused: false,
             write_shut: false,
@@ -94,6 +86,10 @@ impl Conn {
             inbuf: Vec::new(),
             out: None,
         }
+    }
+
+    pub fn id(&self, slot: usize) -> ConnId {
+        ConnId::new(slot, self.generation)
     }
 
     /// Bytes queued for the socket.

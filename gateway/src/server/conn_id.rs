@@ -43,7 +43,7 @@ impl ConnId {
 pub struct Generations(u32);
 
 impl Generations {
-    pub fn next(&mut self) -> u32 {
+    pub fn next_generation(&mut self) -> u32 {
         self.0 = self.0.wrapping_add(1).max(1);
         self.0
     }
@@ -58,6 +58,6 @@ mod tests {
         let id = ConnId::new(12345, 0xdead_beef);
         assert_eq!(ConnId::from_token(id.token()), id);
         let mut g = Generations(u32::MAX - 1);
-        assert_eq!((g.next(), g.next()), (u32::MAX, 1));
+        assert_eq!((g.next_generation(), g.next_generation()), (u32::MAX, 1));
     }
 }

@@ -1,11 +1,13 @@
 //! A hashed timing wheel: one per worker, O(1) to arm, no allocation per timer.
 //!
 //! Time is counted in ticks of [`TICK`]. Each connection has at most one live entry, naming it by
-//! (slab key, generation) and the tick it was armed for; the connection remembers that tick, so
+//! its [`ConnId`] and the tick it was armed for; the connection remembers that tick, so
 //! an entry that was superseded is recognised and dropped when it comes due. Entries further away
 //! than one turn of the wheel simply stay in their slot until their tick is reached.
 
 use std::time::Duration;
+
+use super::ConnId;
 
 /// Timer resolution. Deadlines fire up to one tick late, never early.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -16,8 +18,7 @@ const WORDS: usize = SLOTS / 64;
 /// A due (or superseded) timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
-    pub key: u32,
-    pub generation: u32,
+    pub id: ConnId,
     pub at: u32,
 }
 
@@ -48,14 +49,10 @@ pub fn ticks(d: Duration) -> u32 {
 
 impl TimerWheel {
     /// Arms an entry for tick `at` (a tick already past fires at the next expiry).
-    pub fn schedule(&mut self, key: u32, generation: u32, at: u32) {
+    pub fn schedule(&mut self, id: ConnId, at: u32) {
         let at = at.max(self.current + 1);
         let slot = at as usize % SLOTS;
-        self.slots[slot].push(Entry {
-            key,
-            generation,
-            at,
-        });
+        self.slots[slot].push(Entry { id, at });
         self.occupied[slot / 64] |= 1 << (slot % 64);
     }
 
@@ -121,24 +118,21 @@ impl TimerWheel {
 mod tests {
     use super::*;
 
+    fn id(slot: usize) -> ConnId {
+        ConnId::new(slot, 1)
+    }
+
     #[test]
     fn fires_at_the_tick_not_before() {
         let mut w = TimerWheel::default();
-        w.schedule(1, 1, 10);
-        w.schedule(2, 1, 5000); // beyond one turn
+        w.schedule(id(1), 10);
+        w.schedule(id(2), 5000); // beyond one turn
         let mut due = Vec::new();
         w.expire(9, &mut due);
         assert!(due.is_empty());
         assert_eq!(w.ticks_to_next(), Some(1));
         w.expire(10, &mut due);
-        assert_eq!(
-            due,
-            [Entry {
-                key: 1,
-                generation: 1,
-                at: 10
-            }]
-        );
+        assert_eq!(due, [Entry { id: id(1), at: 10 }]);
         due.clear();
         w.expire(4999, &mut due);
         assert!(due.is_empty());
@@ -152,10 +146,10 @@ mod tests {
         let mut w = TimerWheel::default();
         let mut due = Vec::new();
         w.expire(100, &mut due);
-        w.schedule(7, 3, 50);
+        w.schedule(ConnId::new(7, 3), 50);
         assert_eq!(w.ticks_to_next(), Some(1));
         w.expire(101, &mut due);
-        assert_eq!(due[0].key, 7);
+        assert_eq!(due[0].id, ConnId::new(7, 3));
     }
 
     /// Regression: emptied slots kept their buffers, and rounds of pings spread leftovers over
@@ -166,7 +160,7 @@ mod tests {
         let mut due = Vec::new();
         for round in 0..5u32 {
             for key in 0..3000u32 {
-                w.schedule(key, 1, w.current() + 1 + (key * 7 + round) % 300);
+                w.schedule(id(key as usize), w.current() + 1 + (key * 7 + round) % 300);
             }
             w.expire(w.current() + 300, &mut due);
             assert_eq!(due.len(), 3000);

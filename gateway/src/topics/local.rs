@@ -8,12 +8,12 @@
 use std::collections::HashMap;
 
 use super::{Published, Style, TopicId};
+use crate::server::ConnId;
 
 /// One subscription of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sub {
-    pub key: u32,
-    pub generation: u32,
+    pub conn: ConnId,
     pub last_seq: u64,
     pub style: Style,
 }
@@ -30,14 +30,11 @@ impl LocalTopics {
     }
 
     /// Removes a connection's subscription; returns whether it was there.
-    pub fn remove(&mut self, topic: TopicId, key: u32, generation: u32) -> bool {
+    pub fn remove(&mut self, topic: TopicId, conn: ConnId) -> bool {
         let Some(subs) = self.topics.get_mut(&topic) else {
             return false;
         };
-        let Some(i) = subs
-            .iter()
-            .position(|s| s.key == key && s.generation == generation)
-        else {
+        let Some(i) = subs.iter().position(|s| s.conn == conn) else {
             return false;
         };
         subs.swap_remove(i);
@@ -87,8 +84,7 @@ mod tests {
         local.add(
             id,
             Sub {
-                key: 1,
-                generation: 1,
+                conn: ConnId::new(1, 1),
                 last_seq: sub.last_seq,
                 style: Style::Raw,
             },
@@ -96,8 +92,7 @@ mod tests {
         local.add(
             id,
             Sub {
-                key: 2,
-                generation: 1,
+                conn: ConnId::new(2, 1),
                 last_seq: 1,
                 style: Style::Envelope,
             },
@@ -106,13 +101,13 @@ mod tests {
         let mut due = Vec::new();
         // Message 3 arriving late from the channel is not delivered twice to subscriber 1.
         local.deliver(&m3, &mut due);
-        assert_eq!(due.iter().map(|s| s.key).collect::<Vec<_>>(), [2]);
+        assert_eq!(due.iter().map(|s| s.conn.slot).collect::<Vec<_>>(), [2]);
         hub.publish_id(id, MessageKind::Text, b"m".to_vec().into());
         due.clear();
         local.deliver(&hub.latest(id).unwrap(), &mut due);
         assert_eq!(due.len(), 2);
-        assert!(local.remove(id, 1, 1));
-        assert!(!local.remove(id, 1, 1));
+        assert!(local.remove(id, ConnId::new(1, 1)));
+        assert!(!local.remove(id, ConnId::new(1, 1)));
         assert_eq!(local.count(id), 1);
     }
 }

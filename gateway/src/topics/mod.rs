@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crossbeam_channel::Sender;
 
-use crate::proto::{Deflater, HeaderBuf, MessageKind};
+use crate::proto::{Compressor, HeaderBuf, MessageKind};
 
 /// Index of a topic in the hub; stable for the life of the process.
 pub type TopicId = u32;
@@ -141,37 +141,23 @@ impl Published {
     }
 
     /// The frame for `style`, encoded on first use and shared afterwards. With `deflate`
-    /// (window bits and the worker's compressor for them) the frame is compressed.
-    pub fn frame(&self, style: Style, deflate: Option<(u8, &mut Deflater)>) -> Arc<[u8]> {
+    /// (window bits and the worker's compressor) the frame is compressed when that is worth it
+    /// ([`Compressor::encode`]).
+    pub fn frame(&self, style: Style, deflate: Option<(u8, &mut Compressor)>) -> Arc<[u8]> {
         let col = deflate
             .as_ref()
             .map_or(0, |(bits, _)| usize::from(bits.clamp(&8, &15) - 7));
         let slot = &self.frames[style as usize][col];
         slot.get_or_init(|| {
             let (kind, body) = self.body(style);
-            let mut out = Vec::with_capacity(body.len() + 14);
-            match deflate {
-                Some((_, d)) => {
-                    let mut z = Vec::with_capacity(body.len() / 2 + 16);
-                    d.compress(&body, &mut z);
-                    // Incompressible data goes out as it is.
-                    let (rsv1, bytes): (bool, &[u8]) = if z.len() < body.len() {
-                        (true, &z)
-                    } else {
-                        (false, &body)
-                    };
-                    out.extend_from_slice(
-                        HeaderBuf::new(kind.opcode(), rsv1, None, bytes.len()).as_bytes(),
-                    );
-                    out.extend_from_slice(bytes);
-                }
-                None => {
-                    out.extend_from_slice(
-                        HeaderBuf::new(kind.opcode(), false, None, body.len()).as_bytes(),
-                    );
-                    out.extend_from_slice(&body);
-                }
-            }
+            let (rsv1, bytes) = match deflate {
+                Some((bits, c)) => c.encode(Some(bits), &body),
+                None => (false, &body[..]),
+            };
+            let header = HeaderBuf::new(kind.opcode(), rsv1, None, bytes.len());
+            let mut out = Vec::with_capacity(header.as_bytes().len() + bytes.len());
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(bytes);
             out.into()
         })
         .clone()
@@ -570,7 +556,7 @@ mod tests {
             serde_json::json!({"topic": "chat/a", "seq": 1, "data": "say \"hi\""})
         );
         // Too short to shrink: the "compressed" shape is the plain frame.
-        let mut d = Deflater::new(15, true, 1);
+        let mut d = Compressor::default();
         let z = msg.frame(Style::Raw, Some((15, &mut d)));
         assert_eq!(&z[..], &a[..]);
         // A compressible message is compressed once and decodes to the original.

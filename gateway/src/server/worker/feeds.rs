@@ -2,20 +2,17 @@
 //! `/ws/file/{name}?lastMod=<hex ns>` and `/ws/log/{name}?last=N`, and what the `/file/{name}`
 //! page shows.
 //!
-//! A feed socket subscribes when it opens, and what it is owed from before is taken from the
-//! same [`Hub::subscribe`](crate::topics::Hub::subscribe) call that registers it, so nothing
-//! published in between is missed or sent twice: a file socket gets the current version unless
+//! A feed socket subscribes when it opens, through the worker's one subscribe routine: what it
+//! is owed from before is taken from the same [`Hub::subscribe`](crate::topics::Hub::subscribe)
+//! call that registers it, so nothing published in between is missed or sent twice: a file socket gets the current version unless
 //! `lastMod` says it has it (a file topic's history holds only its newest version), a log
 //! socket the last N lines the topic's history still holds.
 
-use std::sync::Arc;
-
 use super::Worker;
+use super::delivery::{Replay, Subscribe};
 use crate::http::Route;
 use crate::server::Shared;
-use crate::server::conn::Phase;
-use crate::topics::local::Sub;
-use crate::topics::{Published, Style, TopicKind};
+use crate::topics::{Style, TopicKind};
 
 /// The value of `key` in a query string (`a=1&b=2`), undecoded; the feed parameters are hex
 /// digits and numbers, which need no decoding.
@@ -65,12 +62,12 @@ pub(super) fn file_view(shared: &Shared, name: &str) -> Option<(String, u64)> {
     ))
 }
 
-impl Worker {
-    /// Whether a feed socket's name is configured (if not, the upgrade is refused with 404).
-    pub(super) fn feed_configured(&self, route: Route, name: &str) -> bool {
-        feed_topic(&self.shared, route, name).is_some()
-    }
+/// Whether a feed socket's name is configured (if not, the upgrade is refused with 404).
+pub(super) fn configured(shared: &Shared, route: Route, name: &str) -> bool {
+    feed_topic(shared, route, name).is_some()
+}
 
+impl Worker {
     /// Subscribes a freshly opened `/ws/file/..` or `/ws/log/..` socket, sending first what
     /// its query asks for from before.
     pub(super) fn subscribe_feed(
@@ -83,41 +80,20 @@ impl Worker {
         let Some((topic, kind)) = feed_topic(&self.shared, route, name) else {
             return;
         };
-        let hub = &self.shared.hub;
-        let id = hub.topic(&topic, kind);
-        // Since 0: everything the history holds, taken atomically with the registration.
-        let sub = hub.subscribe(id, Some(0));
-        let first: Vec<Arc<Published>> = match route {
-            Route::File => {
-                let last_mod = parse_last_mod(query_param(query, "lastMod"));
-                sub.replay
-                    .last()
-                    .filter(|m| last_mod == 0 || m.stamp > last_mod)
-                    .cloned()
-                    .into_iter()
-                    .collect()
-            }
-            _ => {
-                let n = parse_last(query_param(query, "last"));
-                let skip = sub.replay.len().saturating_sub(n);
-                sub.replay[skip..].to_vec()
-            }
+        let replay = match route {
+            Route::File => Replay::LatestNewerThan(parse_last_mod(query_param(query, "lastMod"))),
+            _ => Replay::Last(parse_last(query_param(query, "last"))),
         };
-        let generation = self.conns[key].generation;
-        if let Phase::Open(ws) = &mut self.conns[key].phase {
-            ws.topics.push(id);
-        }
-        let mut s = Sub {
-            key: key as u32,
-            generation,
-            last_seq: 0,
-            style: Style::Raw,
-        };
-        for msg in &first {
-            self.deliver_to(&s, msg);
-        }
-        s.last_seq = sub.last_seq;
-        self.local.add(id, s);
+        let id = self.shared.hub.topic(&topic, kind);
+        self.subscribe(
+            key,
+            Subscribe {
+                topic: id,
+                replay,
+                style: Style::Raw,
+                announce: None,
+            },
+        );
     }
 }
 

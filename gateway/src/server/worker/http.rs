@@ -1,0 +1,299 @@
+//! A connection's request head: the route it names, then an upgrade to a WebSocket, a refusal,
+//! a plain answer, or a publish. Every HTTP answer leaves through [`Worker::respond`].
+
+use std::io::{Read, Write};
+use std::mem;
+use std::net::Shutdown;
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+
+use super::{Worker, feeds};
+use crate::http::publish::{PublishCheck, PublishPolicy, check_publish};
+use crate::http::response::{JSON, Response, TEXT, status_text, write_refusal};
+use crate::http::{self as routes, PlainContext, Route};
+use crate::proto::handshake::{self, HandshakeError, Request, ServerPolicy};
+use crate::server::stats::WorkerStats;
+use crate::topics::{TopicId, TopicKind, is_valid_topic};
+
+/// The answer when a new topic would pass `--max-topics`.
+pub(super) const TOO_MANY_TOPICS: &str = "the gateway holds its limit of topics (--max-topics)";
+
+const RESPONSE_503: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\n\r\nserver at its connection limit\n";
+
+/// What happens to the connection after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum After {
+    /// The answer ends the connection (it lingers until the peer closes).
+    Close,
+    /// The connection waits for its next request (the handshake timeout is its idle timeout).
+    KeepAlive,
+}
+
+impl Worker {
+    /// Handles a request head if it is complete; returns the bytes consumed (0: need more).
+    pub(super) fn on_request(&mut self, key: usize, input: &[u8]) -> usize {
+        let mut storage = [httparse::EMPTY_HEADER; handshake::MAX_HEADERS];
+        let req = match Request::parse(input, &mut storage) {
+            Ok(None) => return 0,
+            Ok(Some(req)) => req,
+            Err(e) => {
+                self.refuse(key, &e);
+                return input.len();
+            }
+        };
+        let (route, param) = routes::route(req.path());
+        if route == Route::Publish {
+            return self.publish_request(key, &req, param, input);
+        }
+        if !route.is_websocket() {
+            if req.is_upgrade() {
+                self.respond_status(key, 404);
+            } else {
+                self.answer_plain(key, &req, route, param);
+            }
+            return input.len();
+        }
+        match self.upgrade(key, &req, route, param) {
+            Ok(()) => req.head_len,
+            Err(Refusal::Status(status)) => {
+                self.respond_status(key, status);
+                input.len()
+            }
+            Err(Refusal::Handshake(e)) => {
+                self.refuse(key, &e);
+                input.len()
+            }
+        }
+    }
+
+    /// Checks and accepts an upgrade, opens the WebSocket and subscribes it where its route
+    /// says.
+    fn upgrade(
+        &mut self,
+        key: usize,
+        req: &Request<'_, '_>,
+        route: Route,
+        param: &str,
+    ) -> Result<(), Refusal> {
+        // A chat room is one topic segment; a file or log socket names a configured feed.
+        if route == Route::Chat && (param.contains('/') || !is_valid_topic(param)) {
+            return Err(Refusal::Status(404));
+        }
+        if matches!(route, Route::File | Route::Log)
+            && !feeds::configured(&self.shared, route, param)
+        {
+            return Err(Refusal::Status(404));
+        }
+        let cfg = &self.shared.config;
+        let origin_check = |origin: &str| cfg.allowed_origins.iter().any(|a| a == origin);
+        let policy = ServerPolicy {
+            subprotocols: &cfg.subprotocols,
+            origin: if cfg.allowed_origins.is_empty() {
+                None
+            } else {
+                Some(&origin_check)
+            },
+            deflate: cfg.deflate,
+        };
+        let accepted = handshake::accept(req, &policy).map_err(Refusal::Handshake)?;
+        // The room's topic is created only for an accepted upgrade, so refused requests
+        // create nothing.
+        let room = match route {
+            Route::Chat => Some(self.chat_room(param)?),
+            _ => None,
+        };
+        let mut resp = mem::take(&mut self.scratch);
+        resp.clear();
+        accepted.write_response(&mut resp);
+        self.send(key, &[&resp]);
+        self.scratch = resp;
+        self.open(key, route, accepted.deflate);
+        match route {
+            Route::Chat => self.subscribe_chat(key, room.expect("chat rooms have a topic")),
+            Route::File | Route::Log => self.subscribe_feed(key, route, param, req.query()),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The room's topic, created now if new; refused (503) while the hub holds its limit.
+    fn chat_room(&self, room: &str) -> Result<TopicId, Refusal> {
+        self.shared
+            .hub
+            .try_topic(&format!("chat/{room}"), TopicKind::Stream)
+            .ok_or(Refusal::Status(503))
+    }
+
+    fn answer_plain(&mut self, key: usize, req: &Request<'_, '_>, route: Route, param: &str) {
+        let shared = self.shared.clone();
+        let metrics = || {
+            shared
+                .stats
+                .render_prometheus(shared.open_conns.load(Ordering::Relaxed))
+        };
+        let topics = || shared.hub.snapshot();
+        let file = |name: &str| feeds::file_view(&shared, name);
+        let mut out = mem::take(&mut self.scratch);
+        out.clear();
+        let ctx = PlainContext {
+            metrics: &metrics,
+            topics: &topics,
+            file: &file,
+        };
+        let status = routes::respond(req, route, param, &ctx, &mut out);
+        self.send_answer(key, status, &out, After::Close);
+        self.scratch = out;
+    }
+
+    /// A refused handshake: its status, headers and explanation.
+    fn refuse(&mut self, key: usize, e: &HandshakeError) {
+        let mut out = mem::take(&mut self.scratch);
+        out.clear();
+        write_refusal(e, &mut out);
+        self.send_answer(key, e.status(), &out, After::Close);
+        self.scratch = out;
+    }
+
+    /// A bare status with its reason phrase as the body.
+    fn respond_status(&mut self, key: usize, status: u16) {
+        let body = status_text(status);
+        self.respond(
+            key,
+            &Response::new(status, TEXT, body.as_bytes()),
+            After::Close,
+        );
+    }
+
+    /// A JSON answer (the publish API).
+    fn respond_json(
+        &mut self,
+        key: usize,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &Value,
+        after: After,
+    ) {
+        let mut text = serde_json::to_vec(body).expect("JSON values serialize");
+        text.push(b'\n');
+        let mut response = Response::new(status, JSON, &text).headers(headers);
+        response.keep_alive = after == After::KeepAlive;
+        self.respond(key, &response, after);
+    }
+
+    /// Writes one response and counts it; then the connection closes or waits for the next
+    /// request.
+    fn respond(&mut self, key: usize, response: &Response<'_>, after: After) {
+        let mut out = mem::take(&mut self.scratch);
+        out.clear();
+        response.write(&mut out);
+        self.send_answer(key, response.status, &out, after);
+        self.scratch = out;
+    }
+
+    /// Sends an encoded answer, counts it, and ends or re-arms the connection.
+    fn send_answer(&mut self, key: usize, status: u16, bytes: &[u8], after: After) {
+        self.count_status(status);
+        WorkerStats::add(&self.stats().http_requests_total, 1);
+        self.send(key, &[bytes]);
+        match after {
+            After::Close => self.linger(key),
+            After::KeepAlive => {
+                self.conns[key].since = self.now;
+                self.arm_timer(key);
+            }
+        }
+    }
+
+    fn count_status(&self, status: u16) {
+        let s = self.stats();
+        let counter = match status {
+            400 => &s.http_refused_400_total,
+            401 => &s.http_refused_401_total,
+            403 => &s.http_refused_403_total,
+            413 => &s.http_refused_413_total,
+            404 => &s.http_refused_404_total,
+            405 => &s.http_refused_405_total,
+            426 => &s.http_refused_426_total,
+            431 => &s.http_refused_431_total,
+            other if other >= 400 => &s.http_refused_other_total,
+            _ => return,
+        };
+        WorkerStats::add(counter, 1);
+    }
+
+    /// `POST /publish/{topic}`: checks, waits for the whole body, publishes, answers JSON.
+    /// Returns the bytes consumed (0: the body is not complete yet).
+    fn publish_request(
+        &mut self,
+        key: usize,
+        req: &Request<'_, '_>,
+        topic: &str,
+        input: &[u8],
+    ) -> usize {
+        let cfg = &self.shared.config;
+        let policy = PublishPolicy {
+            max_body: cfg.max_message,
+            token: cfg.publish_token.as_deref(),
+            trust_loopback: cfg.trust_loopback,
+        };
+        let peer = self.conns[key].stream.peer_addr().ok().map(|a| a.ip());
+        let (body, kind, end, keep_alive) = match check_publish(req, topic, input, peer, &policy) {
+            PublishCheck::Incomplete => return 0,
+            PublishCheck::Refused {
+                status,
+                headers,
+                body,
+            } => {
+                self.respond_json(key, status, headers, &body, After::Close);
+                return input.len();
+            }
+            PublishCheck::Ready {
+                body,
+                kind,
+                end,
+                keep_alive,
+            } => (body, kind, end, keep_alive),
+        };
+        let Some(r) = self.shared.hub.try_publish(topic, kind, body.into()) else {
+            let body = json!({"error": TOO_MANY_TOPICS, "topic": topic});
+            self.respond_json(key, 503, &[], &body, After::Close);
+            return input.len();
+        };
+        WorkerStats::add(&self.stats().published_total, 1);
+        let answer = json!({"topic": topic, "seq": r.seq, "subscribers": r.subscribers});
+        if keep_alive {
+            self.respond_json(key, 200, &[], &answer, After::KeepAlive);
+            end
+        } else {
+            self.respond_json(key, 200, &[], &answer, After::Close);
+            input.len()
+        }
+    }
+}
+
+/// Why an upgrade was not accepted.
+enum Refusal {
+    /// Answered with a bare status (404 for an unknown room or feed, 503 at the topic limit).
+    Status(u16),
+    /// The handshake itself was refused.
+    Handshake(HandshakeError),
+}
+
+/// Answers 503 on a connection over the limit without giving it a slot: the answer (which fits
+/// a fresh socket's send buffer), a FIN, and whatever request bytes already arrived are read, so
+/// closing does not reset the connection and destroy the answer. Bytes arriving later can still
+/// draw a reset; a client over the limit gets best effort, not a slot.
+pub(super) fn refuse_at_capacity(stream: &mio::net::TcpStream) {
+    let mut s = stream;
+    let _ = s.write(RESPONSE_503);
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    for _ in 0..4 {
+        match s.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! An open WebSocket: the worker drives the connection's [`Session`] with the socket's bytes
+//! and sends what it owes; messages go to the endpoint (echo, chat, `/ws`). The close handshake,
+//! owed pongs and protocol failures are the session's; this file only moves their bytes and
+//! ends the connection when the session says so.
+
+use std::mem;
+
+use super::Worker;
+use crate::http::Route;
+use crate::proto::{CloseCode, DeflateParams, Event, MessageKind, ProtocolError, Role, Session};
+use crate::server::ConnId;
+use crate::server::conn::{Phase, Ws};
+use crate::server::stats::WorkerStats;
+
+impl Worker {
+    /// The upgrade was accepted: the connection becomes an open WebSocket.
+    pub(super) fn open(&mut self, key: usize, route: Route, deflate: Option<DeflateParams>) {
+        let max_message = self.shared.config.max_message;
+        let conn = &mut self.conns[key];
+        conn.phase = Phase::Open(Ws {
+            session: Session::new(Role::Server, max_message, deflate, self.now, 0),
+            route,
+            topics: Vec::new(),
+        });
+        conn.since = self.now;
+        WorkerStats::add(&self.stats().ws_opened_total, 1);
+        self.arm_timer(key);
+    }
+
+    /// Reads frames; returns the bytes consumed.
+    pub(super) fn read_frames(&mut self, key: usize, input: &mut [u8]) -> usize {
+        let mut pos = 0;
+        loop {
+            let conn = &mut self.conns[key];
+            let Phase::Open(ws) = &mut conn.phase else {
+                return input.len();
+            };
+            if conn.dead {
+                return input.len();
+            }
+            ws.session.lend_buffer(|| self.pool.get());
+            let step = match ws
+                .session
+                .handle_input(&mut input[pos..], self.now, &mut self.ctl)
+            {
+                Ok(step) => step,
+                Err(e) => {
+                    self.count_failure(&e);
+                    self.send_ctl(key);
+                    self.linger(key);
+                    return input.len();
+                }
+            };
+            pos += step.consumed;
+            match step.event {
+                None if step.consumed == 0 => break,
+                None | Some(Event::Pong(_)) => {}
+                Some(Event::Ping(_)) => self.send_ctl(key),
+                Some(Event::Message(kind)) => {
+                    let msg = ws.session.take_message();
+                    let route = ws.route;
+                    WorkerStats::add(&self.stats().messages_in_total, 1);
+                    self.on_message(key, route, kind, &msg);
+                    self.pool.put(msg);
+                }
+                Some(Event::Close(_)) => {
+                    self.send_ctl(key);
+                    self.linger(key);
+                    return input.len();
+                }
+            }
+        }
+        if let Phase::Open(ws) = &mut self.conns[key].phase {
+            if let Some(buf) = ws.session.idle_buffer() {
+                self.pool.put(buf);
+            }
+        }
+        pos
+    }
+
+    fn on_message(&mut self, key: usize, route: Route, kind: MessageKind, payload: &[u8]) {
+        match route {
+            Route::Echo => self.send_data(key, kind, payload),
+            Route::Chat => self.chat_message(key, kind, payload),
+            Route::Multiplex => self.multiplex_message(key, kind, payload),
+            // Only WebSocket routes reach the open phase.
+            _ => {}
+        }
+    }
+
+    /// Sends one data message, compressed when negotiated and worth it; nothing after a close.
+    pub(super) fn send_data(&mut self, key: usize, kind: MessageKind, payload: &[u8]) {
+        let Phase::Open(ws) = &self.conns[key].phase else {
+            return;
+        };
+        // The compressed body lives in the compressor: take it out of `self` while sending.
+        let mut compressor = mem::take(&mut self.compressor);
+        let (rsv1, body) = compressor.encode(ws.session.send_deflate(), payload);
+        if let Some(header) = ws.session.data_header(kind, rsv1, body.len()) {
+            self.send(key, &[header.as_bytes(), body]);
+            WorkerStats::add(&self.stats().messages_out_total, 1);
+        }
+        self.compressor = compressor;
+    }
+
+    /// Sends the control frames the session wrote (a pong, a close frame, a ping).
+    pub(super) fn send_ctl(&mut self, key: usize) {
+        if self.ctl.is_empty() {
+            return;
+        }
+        let ctl = mem::take(&mut self.ctl);
+        self.send(key, &[&ctl]);
+        self.ctl = ctl;
+        self.ctl.clear();
+    }
+
+    /// Starts the close handshake (once) and lets the connection linger until the peer answers.
+    pub(super) fn close_ws(&mut self, key: usize, code: CloseCode, reason: &str) {
+        let Phase::Open(ws) = &mut self.conns[key].phase else {
+            return;
+        };
+        ws.session.close(code, reason, self.now, &mut self.ctl);
+        self.send_ctl(key);
+        self.linger(key);
+    }
+
+    fn count_failure(&self, e: &ProtocolError) {
+        let s = self.stats();
+        let counter = match e.close_code() {
+            CloseCode::INVALID_DATA => &s.close_1007_total,
+            CloseCode::TOO_BIG => &s.close_1009_total,
+            _ => &s.close_1002_total,
+        };
+        WorkerStats::add(counter, 1);
+    }
+
+    /// Releases what an open WebSocket held: its buffers and its subscriptions.
+    pub(super) fn end_ws(&mut self, id: ConnId, mut ws: Ws) {
+        WorkerStats::add(&self.stats().ws_closed_total, 1);
+        self.pool.put(ws.session.take_message());
+        for topic in ws.topics {
+            self.local.remove(topic, id);
+            self.shared.hub.unsubscribe(topic);
+        }
+    }
+}
