@@ -1,22 +1,32 @@
 //! The `gateway` binary: parses flags into a [`Config`], raises the open-file limit, and runs
-//! the server until it is killed.
+//! the server until it is killed. Every flag's default is read from [`Config::default`], so
+//! `--help` and the library cannot disagree.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::Parser;
 use gateway::cli::parse_duration;
 use gateway::proto::DeflateConfig;
+use gateway::server::config::format_duration;
 use gateway::server::{Config, Server};
+use gateway::topics::HistoryConfig;
+
+/// Where the flags' defaults come from. `workers` and `max_conns` are not taken from here:
+/// they depend on the machine and on the open-file limit, raised after parsing.
+static DEFAULTS: LazyLock<Config> = LazyLock::new(Config::default);
 
 /// A WebSocket push gateway: echo and more on one port, for tens of thousands of connections.
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version)]
 struct Args {
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value_t = DEFAULTS.listen)]
     listen: SocketAddr,
     /// Worker threads, each with its own event loop [default: number of CPUs].
     #[arg(long)]
@@ -29,23 +39,23 @@ struct Args {
     #[arg(long)]
     max_conns: Option<usize>,
     /// Largest message accepted in bytes (after decompression); larger ones close with 1009.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = DEFAULTS.max_message)]
     max_message: usize,
     /// Outbound bytes queued per connection before the gateway stops reading from it.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, default_value_t = DEFAULTS.max_queued)]
     max_queued: usize,
     /// Drop connections that have not finished the handshake in this time (e.g. 10s, 500ms).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    handshake_timeout: Duration,
+    #[arg(long, default_value_t = FlagDuration(DEFAULTS.handshake_timeout))]
+    handshake_timeout: FlagDuration,
     /// Ping a connection after this much silence.
-    #[arg(long, default_value = "54s", value_parser = parse_duration)]
-    ping_interval: Duration,
+    #[arg(long, default_value_t = FlagDuration(DEFAULTS.ping_interval))]
+    ping_interval: FlagDuration,
     /// Drop a connection from which nothing arrived for this long.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pong_timeout: Duration,
+    #[arg(long, default_value_t = FlagDuration(DEFAULTS.pong_timeout))]
+    pong_timeout: FlagDuration,
     /// Time allowed to finish a close handshake.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    close_grace: Duration,
+    #[arg(long, default_value_t = FlagDuration(DEFAULTS.close_grace))]
+    close_grace: FlagDuration,
     /// Allow WebSockets only from this Origin (repeatable). Default: any origin.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allow_origin: Vec<String>,
@@ -61,13 +71,13 @@ struct Args {
     publish_token: Option<String>,
     /// Topics clients may create in all (subscriptions, chat rooms, publishing); past it new
     /// names are refused.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = DEFAULTS.max_topics)]
     max_topics: usize,
     /// Messages kept per topic for `since` recovery.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = DEFAULTS.history.messages)]
     history: usize,
     /// Payload bytes kept per topic for `since` recovery.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, default_value_t = DEFAULTS.history.bytes)]
     history_bytes: usize,
     /// Ask clients to compress every message on its own (saves a 32 KiB window per chatty
     /// connection, costs compression ratio).
@@ -100,38 +110,67 @@ fn parse_feed(s: &str) -> Result<(String, PathBuf), String> {
     Ok((name.to_owned(), PathBuf::from(path)))
 }
 
+impl Args {
+    /// The configuration these flags ask for; anything they leave unsaid comes from
+    /// `defaults`, which is [`Config::default`] taken after raising the open-file limit.
+    fn into_config(self, defaults: Config) -> Config {
+        Config {
+            listen: self.listen,
+            workers: self.workers.unwrap_or(defaults.workers).max(1),
+            reuse_port: self.reuse_port || defaults.reuse_port,
+            max_conns: self.max_conns.unwrap_or(defaults.max_conns),
+            max_message: self.max_message,
+            max_queued: self.max_queued,
+            handshake_timeout: self.handshake_timeout.0,
+            ping_interval: self.ping_interval.0,
+            pong_timeout: self.pong_timeout.0,
+            close_grace: self.close_grace.0,
+            allowed_origins: self.allow_origin,
+            subprotocols: self.protocol,
+            deflate: DeflateConfig {
+                enabled: defaults.deflate.enabled && !self.no_deflate,
+                request_client_no_context_takeover: defaults
+                    .deflate
+                    .request_client_no_context_takeover
+                    || self.deflate_no_client_context,
+                ..defaults.deflate
+            },
+            history: HistoryConfig {
+                messages: self.history.max(1),
+                bytes: self.history_bytes,
+            },
+            publish_token: self.publish_token.filter(|t| !t.is_empty()),
+            max_topics: self.max_topics,
+            watch: self.watch,
+            tail: self.tail,
+            ..defaults
+        }
+    }
+}
+
+/// A duration flag: read by [`parse_duration`] (`10s`, `500ms`), shown in `--help` by
+/// [`format_duration`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FlagDuration(Duration);
+
+impl fmt::Display for FlagDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_duration(self.0))
+    }
+}
+
+impl FromStr for FlagDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(FlagDuration)
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let limits = gateway::sys::raise_nofile_limit();
-    let defaults = Config::default();
-    let config = Config {
-        listen: args.listen,
-        workers: args.workers.unwrap_or(defaults.workers).max(1),
-        reuse_port: args.reuse_port,
-        max_conns: args.max_conns.unwrap_or(defaults.max_conns),
-        max_message: args.max_message,
-        max_queued: args.max_queued,
-        handshake_timeout: args.handshake_timeout,
-        ping_interval: args.ping_interval,
-        pong_timeout: args.pong_timeout,
-        close_grace: args.close_grace,
-        allowed_origins: args.allow_origin,
-        subprotocols: args.protocol,
-        deflate: DeflateConfig {
-            enabled: !args.no_deflate,
-            request_client_no_context_takeover: args.deflate_no_client_context,
-            ..DeflateConfig::default()
-        },
-        history: gateway::topics::HistoryConfig {
-            messages: args.history.max(1),
-            bytes: args.history_bytes,
-        },
-        publish_token: args.publish_token.filter(|t| !t.is_empty()),
-        max_topics: args.max_topics,
-        watch: args.watch,
-        tail: args.tail,
-        ..defaults
-    };
+    let config = args.into_config(Config::default());
     match Server::start(config.clone()) {
         Ok(server) => {
             let files = match limits {
@@ -157,6 +196,134 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+
+    /// Parses `argv` (after the program name) as the binary would, but blind to
+    /// `GATEWAY_PUBLISH_TOKEN`, so a token in the test's environment cannot leak in.
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        let cmd = Args::command().mut_arg("publish_token", |a| a.env(None));
+        let matches =
+            cmd.try_get_matches_from(std::iter::once("gateway").chain(argv.iter().copied()))?;
+        Args::from_arg_matches(&matches)
+    }
+
+    /// Asserts `got == want` field by field. The destructuring names every field, so a field
+    /// added to `Config`, `DeflateConfig` or `HistoryConfig` fails to compile here until it is
+    /// compared.
+    fn assert_same(got: &Config, want: &Config) {
+        let Config {
+            listen,
+            workers,
+            reuse_port,
+            backlog,
+            max_conns,
+            max_message,
+            max_queued,
+            handshake_timeout,
+            ping_interval,
+            pong_timeout,
+            close_grace,
+            allowed_origins,
+            subprotocols,
+            deflate,
+            history,
+            max_topics,
+            publish_token,
+            trust_loopback,
+            watch,
+            tail,
+        } = got;
+        assert_eq!(*listen, want.listen, "listen");
+        assert_eq!(*workers, want.workers, "workers");
+        assert_eq!(*reuse_port, want.reuse_port, "reuse_port");
+        assert_eq!(*backlog, want.backlog, "backlog");
+        assert_eq!(*max_conns, want.max_conns, "max_conns");
+        assert_eq!(*max_message, want.max_message, "max_message");
+        assert_eq!(*max_queued, want.max_queued, "max_queued");
+        assert_eq!(
+            *handshake_timeout, want.handshake_timeout,
+            "handshake_timeout"
+        );
+        assert_eq!(*ping_interval, want.ping_interval, "ping_interval");
+        assert_eq!(*pong_timeout, want.pong_timeout, "pong_timeout");
+        assert_eq!(*close_grace, want.close_grace, "close_grace");
+        assert_eq!(*allowed_origins, want.allowed_origins, "allowed_origins");
+        assert_eq!(*subprotocols, want.subprotocols, "subprotocols");
+        let DeflateConfig {
+            enabled,
+            request_client_no_context_takeover,
+            level,
+            min_size,
+        } = deflate;
+        assert_eq!(*enabled, want.deflate.enabled, "deflate.enabled");
+        assert_eq!(
+            *request_client_no_context_takeover, want.deflate.request_client_no_context_takeover,
+            "deflate.request_client_no_context_takeover"
+        );
+        assert_eq!(*level, want.deflate.level, "deflate.level");
+        assert_eq!(*min_size, want.deflate.min_size, "deflate.min_size");
+        let HistoryConfig { messages, bytes } = history;
+        assert_eq!(*messages, want.history.messages, "history.messages");
+        assert_eq!(*bytes, want.history.bytes, "history.bytes");
+        assert_eq!(*max_topics, want.max_topics, "max_topics");
+        assert_eq!(*publish_token, want.publish_token, "publish_token");
+        assert_eq!(*trust_loopback, want.trust_loopback, "trust_loopback");
+        assert_eq!(*watch, want.watch, "watch");
+        assert_eq!(*tail, want.tail, "tail");
+    }
+
+    #[test]
+    fn empty_command_line_is_the_default() {
+        let config = parse(&[]).unwrap().into_config(Config::default());
+        assert_same(&config, &Config::default());
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let config = parse(&[
+            "--max-message",
+            "1000",
+            "--ping-interval",
+            "500ms",
+            "--no-deflate",
+            "--history",
+            "0",
+            "--max-conns",
+            "77",
+        ])
+        .unwrap()
+        .into_config(Config::default());
+        let want = Config {
+            max_message: 1000,
+            ping_interval: Duration::from_millis(500),
+            deflate: DeflateConfig {
+                enabled: false,
+                ..DeflateConfig::default()
+            },
+            history: HistoryConfig {
+                messages: 1, // at least one message is always kept
+                ..HistoryConfig::default()
+            },
+            max_conns: 77,
+            ..Config::default()
+        };
+        assert_same(&config, &want);
+    }
+
+    #[test]
+    fn help_shows_the_defaults() {
+        let help = Args::command().render_long_help().to_string();
+        let d = Config::default();
+        for shown in [
+            format!("[default: {}]", d.listen),
+            format!("[default: {}]", d.max_message),
+            format!("[default: {}]", format_duration(d.handshake_timeout)),
+            format!("[default: {}]", format_duration(d.pong_timeout)),
+            format!("[default: {}]", d.history.messages),
+        ] {
+            assert!(help.contains(&shown), "{shown} missing from:\n{help}");
+        }
+    }
 
     #[test]
     fn flags_parse() {

@@ -9,6 +9,7 @@
 //! The feeds configured with `--watch` and `--tail` ([`crate::feeds`]) run on threads of their
 //! own, started here and stopped with the workers.
 
+pub mod config;
 mod conn;
 pub mod conn_id;
 mod outbox;
@@ -19,117 +20,17 @@ mod worker;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::feeds::{self, FeedHandle};
-use crate::proto::DeflateConfig;
-use crate::topics::{HistoryConfig, Hub, Mailbox};
+use crate::topics::{Hub, Mailbox};
+pub use config::Config;
 pub use conn_id::{ConnId, Generations};
 pub use stats::{Stats, WorkerStats};
-
-/// Everything the server can be told. `Default` is the out-of-the-box configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Address to listen on. Default 127.0.0.1:8080.
-    pub listen: SocketAddr,
-    /// Worker threads, each with its own event loop. Default: one per CPU.
-    pub workers: usize,
-    /// Let other processes bind the same address too (SO_REUSEPORT across processes). Default
-    /// false: a second gateway on a busy port fails instead of silently sharing it.
-    pub reuse_port: bool,
-    /// Listen backlog per worker socket. Default 4096 (the kernel caps it at somaxconn).
-    pub backlog: i32,
-    /// Open connections (WebSocket and HTTP) across all workers; more are answered 503. Default:
-    /// the open-file limit less a reserve of 64.
-    pub max_conns: usize,
-    /// Largest message accepted, after decompression; larger ones close with 1009. Default 64 KiB.
-    pub max_message: usize,
-    /// Outbound bytes a connection may have queued before the gateway stops reading from it.
-    /// Default 1 MiB. One message may always be queued, so the bound is this plus one message.
-    pub max_queued: usize,
-    /// A connection that has not completed its handshake by then is dropped. Default 10 s.
-    pub handshake_timeout: Duration,
-    /// An open connection silent this long is sent a ping. Default 54 s.
-    pub ping_interval: Duration,
-    /// An open connection from which nothing (pong or any frame) arrives for this long is
-    /// dropped. Default 60 s.
-    pub pong_timeout: Duration,
-    /// How long a closing connection may take to finish the close handshake. Default 5 s.
-    pub close_grace: Duration,
-    /// Origins allowed to open WebSockets (exact match of the `Origin` header). Empty: any
-    /// origin. Requests without `Origin` (non-browser clients) are always allowed.
-    pub allowed_origins: Vec<String>,
-    /// Subprotocols the server speaks. Of those the client offers, the first in the client's
-    /// order is chosen (the client lists its preference). Default none.
-    pub subprotocols: Vec<String>,
-    pub deflate: DeflateConfig,
-    /// Bounds of each topic's history (for `since` recovery).
-    pub history: HistoryConfig,
-    /// Topics that clients (subscriptions, chat rooms, publishing) may create in all; past it a
-    /// new name is refused (503, or an error on `/ws`). Topics are never forgotten, so this
-    /// bounds the hub's memory. Default 100,000.
-    pub max_topics: usize,
-    /// Bearer token that `POST /publish/..` from non-loopback addresses must present. Default
-    /// none: only loopback clients may publish.
-    pub publish_token: Option<String>,
-    /// Let loopback clients publish without the token. Default true.
-    pub trust_loopback: bool,
-    /// Watched files (`--watch NAME=PATH`): the whole content of PATH goes to topic
-    /// `file/NAME` whenever it changes, served at `/ws/file/NAME` and `/file/NAME`. Names are
-    /// one topic segment ([`feeds::is_valid_feed_name`]). Default none.
-    pub watch: Vec<(String, PathBuf)>,
-    /// Tailed logs (`--tail NAME=PATH`): each line appended to PATH goes to topic `log/NAME`,
-    /// served at `/ws/log/NAME`. Default none.
-    pub tail: Vec<(String, PathBuf)>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            reuse_port: false,
-            backlog: 4096,
-            max_conns: default_max_conns(),
-            max_message: 64 * 1024,
-            max_queued: 1024 * 1024,
-            handshake_timeout: Duration::from_secs(10),
-            ping_interval: Duration::from_secs(54),
-            pong_timeout: Duration::from_secs(60),
-            close_grace: Duration::from_secs(5),
-            allowed_origins: Vec::new(),
-            subprotocols: Vec::new(),
-            deflate: DeflateConfig::default(),
-            history: HistoryConfig::default(),
-            max_topics: 100_000,
-            publish_token: None,
-            trust_loopback: true,
-            watch: Vec::new(),
-            tail: Vec::new(),
-        }
-    }
-}
-
-/// The open-file soft limit less a reserve for listeners, wakers and files.
-fn default_max_conns() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
-    if ok {
-        (lim.rlim_cur as usize).saturating_sub(64).max(16)
-    } else {
-        1000
-    }
-}
 
 /// State every worker sees.
 #[derive(Debug)]
