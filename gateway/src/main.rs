@@ -73,6 +73,10 @@ struct Args {
     /// names are refused.
     #[arg(long, default_value_t = DEFAULTS.max_topics)]
     max_topics: usize,
+    /// Bytes of published messages waiting for one worker past which publishers are pushed
+    /// back (503 with Retry-After, an error on /ws, chat clients paused).
+    #[arg(long, default_value_t = DEFAULTS.max_backlog)]
+    max_backlog: usize,
     /// Messages kept per topic for `since` recovery.
     #[arg(long, default_value_t = DEFAULTS.history.messages)]
     history: usize,
@@ -141,6 +145,7 @@ impl Args {
             },
             publish_token: self.publish_token.filter(|t| !t.is_empty()),
             max_topics: self.max_topics,
+            max_backlog: self.max_backlog,
             watch: self.watch,
             tail: self.tail,
             ..defaults
@@ -228,6 +233,7 @@ mod tests {
             deflate,
             history,
             max_topics,
+            max_backlog,
             publish_token,
             trust_loopback,
             watch,
@@ -266,6 +272,7 @@ mod tests {
         assert_eq!(*messages, want.history.messages, "history.messages");
         assert_eq!(*bytes, want.history.bytes, "history.bytes");
         assert_eq!(*max_topics, want.max_topics, "max_topics");
+        assert_eq!(*max_backlog, want.max_backlog, "max_backlog");
         assert_eq!(*publish_token, want.publish_token, "publish_token");
         assert_eq!(*trust_loopback, want.trust_loopback, "trust_loopback");
         assert_eq!(*watch, want.watch, "watch");

@@ -51,6 +51,11 @@ pub struct Config {
     /// new name is refused (503, or an error on `/ws`). Topics are never forgotten, so this
     /// bounds the hub's memory. Default 100,000.
     pub max_topics: usize,
+    /// Bytes of published messages (payload plus a fixed overhead each) waiting in one worker's
+    /// mailbox, past which publishers are pushed back: `POST /publish` answers 503 with
+    /// `Retry-After`, a `/ws` publish gets an `error`, chat clients are not read until the
+    /// workers catch up. Bounds the memory between the hub and the workers. Default 16 MiB.
+    pub max_backlog: usize,
     /// Bearer token that `POST /publish/..` from non-loopback addresses must present. Default
     /// none: only loopback clients may publish.
     pub publish_token: Option<String>,
@@ -84,6 +89,7 @@ impl Default for Config {
             deflate: DeflateConfig::default(),
             history: HistoryConfig::default(),
             max_topics: 100_000,
+            max_backlog: 16 * 1024 * 1024,
             publish_token: None,
             trust_loopback: true,
             watch: Vec::new(),

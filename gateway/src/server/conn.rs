@@ -54,6 +54,11 @@ pub(super) struct Conn {
     pub dead: bool,
     /// Reading stopped because too much output is queued; resumes when it drains.
     pub paused: bool,
+    /// Reading stopped because the hub is congested (a chat client that publishes); resumes
+    /// when the workers' backlogs fall under the limit.
+    pub hub_paused: bool,
+    /// Frames were queued for it in the current delivery batch; it is in the batch list.
+    pub batched: bool,
     /// The write side was shut (Linger).
     pub write_shut: bool,
     /// The peer shut its write side; the connection closes once its output drains.
@@ -80,6 +85,8 @@ impl Conn {
             since: now,
             dead: false,
             paused: false,
+            hub_paused: false,
+            batched: false,
             write_shut: false,
             peer_closed: false,
             phase: Phase::Handshake,

@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::feeds::{self, FeedHandle};
-use crate::topics::{Hub, Mailbox};
+use crate::topics::{Hub, HubLimits, Mailbox};
 pub use config::Config;
 pub use conn_id::{ConnId, Generations};
 pub use stats::{Stats, WorkerStats};
@@ -58,24 +58,25 @@ impl Server {
         let local_addr = listeners[0].local_addr()?;
         let shared = Arc::new(Shared {
             stats: Stats::new(workers),
-            hub: Arc::new(Hub::with_max_topics(config.history, config.max_topics)),
+            hub: Arc::new(Hub::with_limits(
+                config.history,
+                HubLimits {
+                    max_topics: config.max_topics,
+                    max_backlog: config.max_backlog,
+                },
+            )),
             config,
             shutdown: AtomicBool::new(false),
             open_conns: AtomicUsize::new(0),
         });
-        let mut wakers = Vec::new();
         let mut mailboxes = Vec::new();
         let mut built = Vec::new();
         for (id, listener) in listeners.into_iter().enumerate() {
-            let (tx, rx) = crossbeam_channel::unbounded();
-            let (worker, waker) = worker::Worker::new(id, listener, shared.clone(), rx)?;
-            mailboxes.push(Mailbox {
-                tx,
-                waker: waker.clone(),
-            });
-            wakers.push(waker);
+            let (worker, mailbox) = worker::Worker::new(id, listener, shared.clone())?;
+            mailboxes.push(mailbox);
             built.push(worker);
         }
+        let wakers = mailboxes.clone();
         // Every worker can receive before any can publish.
         shared.hub.set_mailboxes(mailboxes);
         // The feeds create their topics (with their kind) and publish their first version
@@ -142,7 +143,8 @@ fn bind_listeners(config: &Config, workers: usize) -> io::Result<Vec<StdListener
 pub struct ServerHandle {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
-    wakers: Vec<Arc<mio::Waker>>,
+    /// The workers' mailboxes, to wake them for shutdown.
+    wakers: Vec<Mailbox>,
     threads: Vec<JoinHandle<()>>,
     sources: Vec<FeedHandle>,
 }
@@ -172,7 +174,7 @@ impl ServerHandle {
     pub fn shutdown(&self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         for w in &self.wakers {
-            let _ = w.wake();
+            w.wake();
         }
         for s in &self.sources {
             s.stop();

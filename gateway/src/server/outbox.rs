@@ -103,6 +103,25 @@ impl Outbox {
         });
     }
 
+    /// Bytes queued that belong to stream topics or the connection itself: what counts
+    /// against `--max-queued` (frames of "latest value" topics replace each other, so they
+    /// cannot pile up).
+    pub fn stream_queued(&self) -> usize {
+        let latest: usize = self
+            .segs
+            .iter()
+            .filter_map(|s| match s {
+                Seg::Shared {
+                    frame,
+                    latest: true,
+                    ..
+                } => Some(frame.len()),
+                _ => None,
+            })
+            .sum();
+        self.queued.saturating_sub(latest)
+    }
+
     /// Drops everything that has not started going out (a slow consumer about to be closed).
     pub fn discard_unstarted(&mut self, pool: &mut BufPool) {
         let keep = usize::from(self.head_pos > 0);

@@ -38,6 +38,8 @@ counters! {
     published_total: "messages published to topics (API, chat and /ws)",
     deliveries_total: "topic messages queued or written to subscribers",
     slow_consumers_total: "subscribers closed with 1008 for falling --max-queued bytes behind",
+    publish_refused_busy_total: "publishes refused (503 or a /ws error) while a worker's backlog was over --max-backlog",
+    publishers_paused_total: "times a chat client was paused (not read) while a worker's backlog was over --max-backlog",
     ws_opened_total: "WebSocket handshakes completed",
     ws_closed_total: "WebSocket connections closed, for any reason",
     messages_in_total: "messages received",
@@ -86,8 +88,9 @@ impl Stats {
         self.workers.iter().map(|w| w.values()[i]).sum()
     }
 
-    /// Prometheus text exposition of every counter plus the open-connection gauge.
-    pub fn render_prometheus(&self, open_conns: usize) -> String {
+    /// Prometheus text exposition of every counter plus the gauges given as
+    /// (name, help, value), e.g. open connections.
+    pub fn render_prometheus(&self, gauges: &[(&str, &str, u64)]) -> String {
         let mut sums = vec![0u64; WorkerStats::FIELDS.len()];
         for w in &self.workers {
             for (s, v) in sums.iter_mut().zip(w.values()) {
@@ -95,11 +98,12 @@ impl Stats {
             }
         }
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP gateway_open_connections connections open now\n# TYPE gateway_open_connections gauge"
-        );
-        let _ = writeln!(out, "gateway_open_connections {open_conns}");
+        for (name, help, v) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP gateway_{name} {help}\n# TYPE gateway_{name} gauge\ngateway_{name} {v}"
+            );
+        }
         for ((name, help), v) in WorkerStats::FIELDS.iter().zip(sums) {
             let _ = writeln!(
                 out,

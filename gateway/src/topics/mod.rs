@@ -12,13 +12,13 @@
 //! multiplexed `/ws` socket, and each of those compressed once per negotiated window size.
 
 pub mod local;
+pub mod mailbox;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crossbeam_channel::Sender;
-
 use crate::proto::{Compressor, HeaderBuf, MessageKind};
+pub use mailbox::{Inbox, Mailbox};
 
 /// Index of a topic in the hub; stable for the life of the process.
 pub type TopicId = u32;
@@ -164,12 +164,6 @@ impl Published {
     }
 }
 
-/// What a worker receives from the hub.
-#[derive(Debug)]
-pub enum ToWorker {
-    Publish(Arc<Published>),
-}
-
 /// The answer to a publish: what `POST /publish/{topic}` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
@@ -208,11 +202,32 @@ struct HubInner {
     topics: Vec<Topic>,
 }
 
-/// A worker's mailbox: the channel and the waker of its event loop.
-#[derive(Debug, Clone)]
-pub struct Mailbox {
-    pub tx: Sender<ToWorker>,
-    pub waker: Arc<mio::Waker>,
+/// Why a publish from a client or backend was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The topic is new and the hub holds its limit of topics.
+    TooManyTopics,
+    /// A worker's backlog is over its limit: retry after a moment.
+    Busy,
+}
+
+/// Limits of what clients and backends can make the hub hold.
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    /// Topics that names from clients may create.
+    pub max_topics: usize,
+    /// Bytes ([`mailbox::cost`]) posted to one worker and not yet delivered, past which
+    /// refusable publishes are refused ([`Refused::Busy`]).
+    pub max_backlog: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        HubLimits {
+            max_topics: usize::MAX,
+            max_backlog: usize::MAX,
+        }
+    }
 }
 
 /// The topic registry shared by all workers.
@@ -221,26 +236,44 @@ pub struct Hub {
     inner: Mutex<HubInner>,
     mailboxes: OnceLock<Vec<Mailbox>>,
     history: HistoryConfig,
-    /// Topics that names coming from clients may create ([`Hub::try_topic`]).
-    max_topics: usize,
+    limits: HubLimits,
 }
 
 impl Hub {
-    /// A hub with no limit on the number of topics.
+    /// A hub with no limit on topics or backlogs.
     pub fn new(history: HistoryConfig) -> Hub {
-        Self::with_max_topics(history, usize::MAX)
+        Self::with_limits(history, HubLimits::default())
     }
 
-    /// A hub on which clients may create at most `max_topics` topics. Topics are never
-    /// forgotten (their sequence numbers must not restart), so without a cap a client
-    /// subscribing to ever new names would grow the hub without bound.
-    pub fn with_max_topics(history: HistoryConfig, max_topics: usize) -> Hub {
+    /// A hub on which clients may create at most `max_topics` topics (topics are never
+    /// forgotten, since their sequence numbers must not restart, so without a cap a client
+    /// subscribing to ever new names would grow the hub without bound), and whose refusable
+    /// publishes are refused while a worker's backlog is over `max_backlog`.
+    pub fn with_limits(history: HistoryConfig, limits: HubLimits) -> Hub {
         Hub {
             inner: Mutex::default(),
             mailboxes: OnceLock::new(),
             history,
-            max_topics,
+            limits,
         }
+    }
+
+    /// Whether a worker's backlog is over the limit: publishers are pushed back until the
+    /// workers catch up.
+    pub fn congested(&self) -> bool {
+        self.mailboxes.get().is_some_and(|m| {
+            m.iter()
+                .any(|m| m.backlog().bytes() > self.limits.max_backlog)
+        })
+    }
+
+    /// (messages, bytes) posted to workers and not yet delivered, summed.
+    pub fn backlog(&self) -> (usize, usize) {
+        self.mailboxes.get().map_or((0, 0), |m| {
+            m.iter().fold((0, 0), |(n, b), m| {
+                (n + m.backlog().messages(), b + m.backlog().bytes())
+            })
+        })
     }
 
     /// Connects the workers; called once, before any publish.
@@ -267,7 +300,7 @@ impl Hub {
     }
 
     fn try_intern(&self, inner: &mut HubInner, name: &str, kind: TopicKind) -> Option<TopicId> {
-        if !inner.by_name.contains_key(name) && inner.topics.len() >= self.max_topics {
+        if !inner.by_name.contains_key(name) && inner.topics.len() >= self.limits.max_topics {
             return None;
         }
         Some(Self::intern(inner, name, kind))
@@ -304,17 +337,22 @@ impl Hub {
         self.publish_locked(&mut inner, id, kind, payload, 0)
     }
 
-    /// [`Hub::publish`] for names from clients: `None` when the topic is new and the hub
-    /// already holds its limit of topics.
+    /// [`Hub::publish`] for names from clients and backends: refused when the topic is new and
+    /// the hub already holds its limit of topics, or while a worker's backlog is over its limit.
     pub fn try_publish(
         &self,
         name: &str,
         kind: MessageKind,
         payload: Box<[u8]>,
-    ) -> Option<Receipt> {
+    ) -> Result<Receipt, Refused> {
+        if self.congested() {
+            return Err(Refused::Busy);
+        }
         let mut inner = self.lock();
-        let id = self.try_intern(&mut inner, name, TopicKind::Stream)?;
-        Some(self.publish_locked(&mut inner, id, kind, payload, 0))
+        let id = self
+            .try_intern(&mut inner, name, TopicKind::Stream)
+            .ok_or(Refused::TooManyTopics)?;
+        Ok(self.publish_locked(&mut inner, id, kind, payload, 0))
     }
 
     /// Publishes to a topic by id.
@@ -371,13 +409,10 @@ impl Hub {
             seq: topic.last_seq,
             subscribers: topic.subscribers,
         };
-        // Sent under the lock, so every worker sees one topic's messages in sequence order.
+        // Posted under the lock, so every worker sees one topic's messages in sequence order.
         if let Some(mailboxes) = self.mailboxes.get() {
             for m in mailboxes {
-                let _ = m.tx.send(ToWorker::Publish(msg.clone()));
-            }
-            for m in mailboxes {
-                let _ = m.waker.wake();
+                m.post(msg.clone());
             }
         }
         receipt
@@ -490,24 +525,66 @@ mod tests {
 
     #[test]
     fn clients_cannot_create_topics_past_the_limit() {
-        let hub = Hub::with_max_topics(HistoryConfig::default(), 2);
+        let limits = HubLimits {
+            max_topics: 2,
+            ..HubLimits::default()
+        };
+        let hub = Hub::with_limits(HistoryConfig::default(), limits);
         assert!(hub.try_topic("a", TopicKind::Stream).is_some());
         assert!(
             hub.try_publish("b", MessageKind::Text, b"x".to_vec().into())
-                .is_some()
+                .is_ok()
         );
         assert_eq!(hub.try_topic("c", TopicKind::Stream), None);
-        assert!(
-            hub.try_publish("c", MessageKind::Text, b"x".to_vec().into())
-                .is_none()
+        assert_eq!(
+            hub.try_publish("c", MessageKind::Text, b"x".to_vec().into()),
+            Err(Refused::TooManyTopics)
         );
         // Existing topics stay usable; lookups create nothing.
         assert!(
             hub.try_publish("a", MessageKind::Text, b"x".to_vec().into())
-                .is_some()
+                .is_ok()
         );
         assert_eq!(hub.find("c"), None);
         assert_eq!(hub.snapshot().len(), 2);
+    }
+
+    /// A worker that does not keep up makes the hub refuse refusable publishes until it has
+    /// delivered its backlog; must-deliver publishes (chat, feeds) still go through.
+    #[test]
+    fn publishers_are_pushed_back_while_a_backlog_is_over_the_limit() {
+        let limits = HubLimits {
+            max_backlog: 4 * (100 + mailbox::MESSAGE_OVERHEAD),
+            ..HubLimits::default()
+        };
+        let hub = Hub::with_limits(HistoryConfig::default(), limits);
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (to_worker, inbox) = mailbox::mailbox(waker);
+        hub.set_mailboxes(vec![to_worker]);
+        let body = || vec![b'x'; 100].into_boxed_slice();
+        let mut accepted = 0;
+        while hub.try_publish("t", MessageKind::Text, body()).is_ok() {
+            accepted += 1;
+            assert!(accepted <= 5, "the backlog bound holds");
+        }
+        assert_eq!(accepted, 5, "refused once over 4 messages' worth");
+        assert_eq!(
+            hub.try_publish("t", MessageKind::Text, body()),
+            Err(Refused::Busy)
+        );
+        let id = hub.find("t").unwrap();
+        assert_eq!(hub.publish_id(id, MessageKind::Text, body()).seq, 6);
+        assert_eq!(hub.backlog().0, 6);
+        while let Some(m) = inbox.next() {
+            inbox.done(&m);
+        }
+        assert!(!inbox.is_pending() && !hub.congested());
+        assert_eq!(
+            hub.try_publish("t", MessageKind::Text, body())
+                .map(|r| r.seq),
+            Ok(7)
+        );
     }
 
     #[test]

@@ -14,10 +14,12 @@ use crate::http::response::{JSON, Response, TEXT, status_text, write_refusal};
 use crate::http::{self as routes, PlainContext, Route};
 use crate::proto::handshake::{self, HandshakeError, Request, ServerPolicy};
 use crate::server::stats::WorkerStats;
-use crate::topics::{TopicId, TopicKind, is_valid_topic};
+use crate::topics::{Refused, TopicId, TopicKind, is_valid_topic};
 
 /// The answer when a new topic would pass `--max-topics`.
 pub(super) const TOO_MANY_TOPICS: &str = "the gateway holds its limit of topics (--max-topics)";
+/// The answer to a publish while the workers are behind (`--max-backlog`).
+pub(super) const BUSY: &str = "the gateway is delivering a backlog (--max-backlog): retry shortly";
 
 const RESPONSE_503: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\n\r\nserver at its connection limit\n";
@@ -129,9 +131,24 @@ impl Worker {
     fn answer_plain(&mut self, key: usize, req: &Request<'_, '_>, route: Route, param: &str) {
         let shared = self.shared.clone();
         let metrics = || {
-            shared
-                .stats
-                .render_prometheus(shared.open_conns.load(Ordering::Relaxed))
+            let (messages, bytes) = shared.hub.backlog();
+            shared.stats.render_prometheus(&[
+                (
+                    "open_connections",
+                    "connections open now",
+                    shared.open_conns.load(Ordering::Relaxed) as u64,
+                ),
+                (
+                    "backlog_messages",
+                    "published messages posted to workers and not yet delivered",
+                    messages as u64,
+                ),
+                (
+                    "backlog_bytes",
+                    "bytes of those messages (payload plus a fixed overhead each)",
+                    bytes as u64,
+                ),
+            ])
         };
         let topics = || shared.hub.snapshot();
         let file = |name: &str| feeds::file_view(&shared, name);
@@ -256,10 +273,20 @@ impl Worker {
                 keep_alive,
             } => (body, kind, end, keep_alive),
         };
-        let Some(r) = self.shared.hub.try_publish(topic, kind, body.into()) else {
-            let body = json!({"error": TOO_MANY_TOPICS, "topic": topic});
-            self.respond_json(key, 503, &[], &body, After::Close);
-            return input.len();
+        let r = match self.shared.hub.try_publish(topic, kind, body.into()) {
+            Ok(r) => r,
+            Err(refused) => {
+                let (headers, error): (&[(&str, &str)], &str) = match refused {
+                    Refused::TooManyTopics => (&[], TOO_MANY_TOPICS),
+                    Refused::Busy => {
+                        WorkerStats::add(&self.stats().publish_refused_busy_total, 1);
+                        (&[("Retry-After", "1")], BUSY)
+                    }
+                };
+                let body = json!({"error": error, "topic": topic});
+                self.respond_json(key, 503, headers, &body, After::Close);
+                return input.len();
+            }
         };
         WorkerStats::add(&self.stats().published_total, 1);
         let answer = json!({"topic": topic, "seq": r.seq, "subscribers": r.subscribers});

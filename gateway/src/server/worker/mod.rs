@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -45,8 +44,8 @@ use super::stats::WorkerStats;
 use super::timer::{Entry, TimerWheel};
 use super::{ConnId, Generations, Shared};
 use crate::proto::{Compressor, Timeouts};
-use crate::topics::ToWorker;
 use crate::topics::local::{LocalTopics, Sub};
+use crate::topics::mailbox::{self, Inbox, Mailbox};
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
@@ -84,7 +83,11 @@ pub(crate) struct Worker {
     backlog: Vec<ConnId>,
     accept_errors: u64,
     /// Published messages from the hub.
-    mailbox: Receiver<ToWorker>,
+    mailbox: Inbox,
+    /// Connections with frames queued in the current delivery batch.
+    batch: Vec<ConnId>,
+    /// Chat connections not read while the hub is congested.
+    hub_paused: Vec<ConnId>,
     /// This worker's subscriptions.
     local: LocalTopics,
     due_subs: Vec<Sub>,
@@ -102,13 +105,13 @@ impl Worker {
         id: usize,
         listener: StdListener,
         shared: Arc<Shared>,
-        mailbox: Receiver<ToWorker>,
-    ) -> io::Result<(Worker, Arc<Waker>)> {
+    ) -> io::Result<(Worker, Mailbox)> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (to_worker, mailbox) = mailbox::mailbox(waker);
         let cfg = &shared.config;
         // Reserve the slab for this worker's share of connections up front: the pages are only
         // committed when touched, so the reservation costs no resident memory, and the slab never
@@ -136,12 +139,14 @@ impl Worker {
             backlog: Vec::new(),
             accept_errors: 0,
             mailbox,
+            batch: Vec::new(),
+            hub_paused: Vec::new(),
             local: LocalTopics::default(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),
             shared,
         };
-        Ok((worker, waker))
+        Ok((worker, to_worker))
     }
 
     fn stats(&self) -> &WorkerStats {
@@ -151,7 +156,9 @@ impl Worker {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.backlog.is_empty() {
+            // Never sleep while the hub has posted messages this worker has not delivered
+            // (some may still be on their way into the channel; see `topics::mailbox`).
+            let timeout = if self.backlog.is_empty() && !self.mailbox.is_pending() {
                 self.timers
                     .ticks_to_next()
                     .map(|t| self.until_tick(self.timers.current() + t))

@@ -7,11 +7,11 @@ use serde_json::{Value, json};
 
 use super::Worker;
 use super::delivery::{Replay, Subscribe};
-use super::http::TOO_MANY_TOPICS;
+use super::http::{BUSY, TOO_MANY_TOPICS};
 use crate::proto::MessageKind;
 use crate::server::conn::Phase;
 use crate::server::stats::WorkerStats;
-use crate::topics::{Style, TopicKind, is_valid_topic};
+use crate::topics::{Refused, Style, TopicKind, is_valid_topic};
 
 /// Topics one `/ws` connection may subscribe to at once.
 const MAX_SUBSCRIPTIONS: usize = 64;
@@ -140,9 +140,15 @@ impl Worker {
             }
             Command::Publish { topic, data } => {
                 let hub = &self.shared.hub;
-                let Some(r) = hub.try_publish(&topic, MessageKind::Text, data.into_bytes().into())
-                else {
-                    return self.reply_error(key, TOO_MANY_TOPICS, &topic);
+                let r = match hub.try_publish(&topic, MessageKind::Text, data.into_bytes().into()) {
+                    Ok(r) => r,
+                    Err(Refused::TooManyTopics) => {
+                        return self.reply_error(key, TOO_MANY_TOPICS, &topic);
+                    }
+                    Err(Refused::Busy) => {
+                        WorkerStats::add(&self.stats().publish_refused_busy_total, 1);
+                        return self.reply_error(key, BUSY, &topic);
+                    }
                 };
                 WorkerStats::add(&self.stats().published_total, 1);
                 self.reply(

@@ -33,7 +33,7 @@ impl Worker {
     pub(super) fn read_ready(&mut self, key: usize) {
         for _ in 0..READS_PER_TURN {
             let conn = &mut self.conns[key];
-            if conn.dead || conn.peer_closed {
+            if conn.dead || conn.peer_closed || conn.hub_paused {
                 return;
             }
             if conn.queued() > self.shared.config.max_queued {
@@ -165,26 +165,24 @@ impl Worker {
     }
 
     /// Sends a frame shared with other subscribers: written now if nothing is queued, else
-    /// queued by reference. Returns the bytes left queued (0 if all went out or the connection
-    /// is gone).
+    /// queued by reference.
     pub(super) fn send_shared(
         &mut self,
         key: usize,
         frame: Arc<[u8]>,
         topic: TopicId,
         latest: bool,
-    ) -> usize {
+    ) {
         self.uncork(key);
         let written = match self.write_unqueued(key, &[&frame]) {
             Some(n) if n < frame.len() => n,
-            _ => return 0,
+            _ => return,
         };
         let conn = &mut self.conns[key];
         let out = conn
             .out
             .get_or_insert_with(|| self.outboxes.pop().unwrap_or_default());
         out.push_shared(frame, topic, latest, written);
-        out.queued()
     }
 
     /// Writes `parts` straight to the socket when nothing is queued before them; returns the
