@@ -6,12 +6,13 @@
 #   1. starts `target/release/gateway --listen 127.0.0.1:0 --workers W` (the kernel picks a free
 #      port; the script reads it from the gateway's "listening on" line), waits --settle seconds
 #      and reads VmRSS and RssAnon from /proc/PID/status (0 connections);
-#   2. starts the `hold` example (gateway/examples/hold.rs), which opens N WebSocket connections
-#      to /echo from 127.0.0.1, 127.0.0.2, ... and prints `open N`;
+#   2. starts the holder, `loadgen --scenario connect --hold-stdin --echo-check` (one process,
+#      --hold-threads threads), which opens N WebSocket connections to /echo from 127.0.0.1,
+#      127.0.0.2, ... and prints `open N`;
 #   3. holds them idle for --hold seconds, reads VmRSS/RssAnon of the gateway again (and of the
 #      holder, for information), and asks /metrics how many connections the gateway counts;
 #   4. tells the holder to go on (a line on its stdin): it checks that every connection echoes
-#      one message (`echo-ok N`) and closes them all with a close handshake;
+#      one message (`echo-ok N`) and closes them all with a close handshake (`closed N`);
 #   5. stops the gateway.
 # Bytes per idle connection = (RSS_N - RSS_0) * 1024 / N, from VmRSS and from RssAnon (RssAnon
 # leaves out file-backed pages such as the binary's text, which do not depend on N). The
@@ -37,6 +38,7 @@ HOLD_THREADS=4
 OPEN_TIMEOUT=120
 PORT=0
 BUILD=1
+DEFLATE=0
 OUT="$REPO_ROOT/target/idle-memory"
 GATEWAY_ARGS=()
 
@@ -58,7 +60,9 @@ Options:
                        of 120 or more includes them and the timer-wheel churn they cause
   --port P             gateway port on 127.0.0.1 (default: a free port picked by the kernel)
   --gateway-arg ARG    extra argument for the gateway (repeatable), e.g. --gateway-arg=--no-deflate
-  --hold-threads T     threads the holder opens connections with (default $HOLD_THREADS)
+  --hold-threads T     event-loop threads of the holder (loadgen --threads; default $HOLD_THREADS)
+  --deflate            the holder offers permessage-deflate (loadgen --deflate), so the
+                       gateway keeps a compression context per connection
   --open-timeout S     limit on opening the N connections (default $OPEN_TIMEOUT)
   --out DIR            logs and /proc snapshots (default target/idle-memory)
   --no-build           use the binaries already in \${CARGO_TARGET_DIR:-target}/release
@@ -104,6 +108,7 @@ while [[ $# -gt 0 ]]; do
     --open-timeout=*) OPEN_TIMEOUT=${1#*=} ;;
     --out) need_arg "$@"; OUT=$2; shift ;;
     --out=*) OUT=${1#*=} ;;
+    --deflate) DEFLATE=1 ;;
     --no-build) BUILD=0 ;;
     *) die 2 "unknown argument '$1' (see --help)" ;;
   esac
@@ -124,6 +129,8 @@ if ! is_uint "$PORT" || ((PORT > 65535)); then
 fi
 [[ $SETTLE =~ ^[0-9]+(\.[0-9]+)?$ ]] || die 2 "--settle must be a number of seconds, got '$SETTLE'"
 is_uint "$HOLD" || die 2 "--hold must be a whole number of seconds, got '$HOLD'"
+DEFLATE_ARG=()
+((DEFLATE == 0)) || DEFLATE_ARG=(--deflate)
 
 # ---------------------------------------------------------------------------------------------
 # Child processes: killed on any exit.
@@ -160,14 +167,14 @@ trap 'log "terminated"; exit 143' TERM
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 [[ $TARGET_DIR = /* ]] || TARGET_DIR="$REPO_ROOT/$TARGET_DIR"
 GATEWAY_BIN="$TARGET_DIR/release/gateway"
-HOLD_BIN="$TARGET_DIR/release/examples/hold"
+HOLD_BIN="$TARGET_DIR/release/loadgen"
 if ((BUILD)); then
-  log "building (cargo build --release -p gateway --bin gateway --example hold)"
-  (cd "$REPO_ROOT" && cargo build --release -p gateway --bin gateway --example hold) ||
+  log "building (cargo build --release -p gateway --bin gateway -p loadgen --bin loadgen)"
+  (cd "$REPO_ROOT" && cargo build --release -p gateway --bin gateway -p loadgen --bin loadgen) ||
     die 3 "build failed"
 fi
 [[ -x $GATEWAY_BIN ]] || die 3 "no gateway binary at $GATEWAY_BIN"
-[[ -x $HOLD_BIN ]] || die 3 "no hold binary at $HOLD_BIN"
+[[ -x $HOLD_BIN ]] || die 3 "no loadgen binary at $HOLD_BIN"
 
 mkdir -p "$OUT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/idle-memory.XXXXXX")
@@ -192,6 +199,11 @@ open_gauge() {
   line=$(timeout 5 cat <&"$m" | tr -d '\r' | awk '$1 == "gateway_open_connections" { print $2 }') || true
   exec {m}>&-
   printf '%s\n' "${line:-?}"
+}
+
+# What went wrong in the holder: its error line, or the failures of its summary.
+holder_failure() {
+  { tail -n 2 "$2"; grep -A3 'failures by cause' "$1"; } 2>/dev/null | tr '\n' ' '
 }
 
 sleep_while_alive() {
@@ -233,12 +245,15 @@ run_once() {
 
   # 2. holder
   mkfifo "$WORK/ctl.$rep"
-  "$HOLD_BIN" --url "ws://127.0.0.1:$port/echo" --conns "$CONNS" --threads "$HOLD_THREADS" \
-    --hold-secs $((HOLD + 3600)) <"$WORK/ctl.$rep" >"$hout" 2>"$herr" &
+  # One process (--procs 1): its memory is the holder's figure. --connect-rate 0: as fast as
+  # --max-pending allows. The hold lasts until the line on stdin (or its end).
+  "$HOLD_BIN" --url "ws://127.0.0.1:$port/echo" --scenario connect --conns "$CONNS" \
+    --threads "$HOLD_THREADS" --procs 1 --connect-rate 0 --hold-stdin --echo-check \
+    ${DEFLATE_ARG[@]+"${DEFLATE_ARG[@]}"} --quiet <"$WORK/ctl.$rep" >"$hout" 2>"$herr" &
   HOLDER_PID=$!
   exec {CTL_FD}>"$WORK/ctl.$rep"
   deadline=$((SECONDS + OPEN_TIMEOUT))
-  until grep -qx "open $CONNS" "$hout"; do
+  until line=$(grep -m1 -x 'open [0-9]*' "$hout"); do
     if ! kill -0 "$HOLDER_PID" 2>/dev/null; then
       wait "$HOLDER_PID" 2>/dev/null || true
       die 1 "the holder failed before opening $CONNS connections: $(tail -n 2 "$herr" | tr '\n' ' ')"
@@ -247,6 +262,8 @@ run_once() {
     ((SECONDS < deadline)) || die 1 "the holder did not open $CONNS connections within ${OPEN_TIMEOUT}s ($herr)"
     sleep 0.05
   done
+  [[ $line == "open $CONNS" ]] ||
+    die 1 "the holder opened ${line#open } of $CONNS connections: $(grep -A3 'failures by cause' "$hout" | tr '\n' ' ')"
 
   # 3. gateway, N connections
   sleep_while_alive "$GATEWAY_PID" "$HOLD" || die 1 "the gateway died ($glog)"
@@ -269,8 +286,9 @@ run_once() {
   wait "$HOLDER_PID" || rc=$?
   HOLDER_PID=""
   grep -qx "echo-ok $CONNS" "$hout" ||
-    die 1 "run $rep: echo check failed (holder exit $rc): $(tail -n 2 "$herr" | tr '\n' ' ')"
-  ((rc == 0)) || die 1 "run $rep: the holder failed after the echo check (exit $rc): $(tail -n 2 "$herr" | tr '\n' ' ')"
+    die 1 "run $rep: echo check failed (holder exit $rc): $(holder_failure "$hout" "$herr")"
+  grep -qx "closed $CONNS" "$hout" && ((rc == 0)) ||
+    die 1 "run $rep: the holder failed after the echo check (exit $rc): $(holder_failure "$hout" "$herr")"
 
   # 5. stop the gateway
   kill -0 "$GATEWAY_PID" 2>/dev/null || die 1 "the gateway died during the run ($glog)"
@@ -281,7 +299,7 @@ run_once() {
   brss=$(((rssn - rss0) * 1024 / CONNS))
   banon=$(((anonn - anon0) * 1024 / CONNS))
   RESULTS+=("$rss0 $anon0 $rssn $anonn $brss $banon $hrss $hanon")
-  log "run $rep/$REPS: port $port, VmRSS ${rss0} -> ${rssn} kB, RssAnon ${anon0} -> ${anonn} kB: ${brss} B/conn (VmRSS), ${banon} B/conn (RssAnon); $(sed -n 's/^hold: //p' "$herr" | head -n 1)"
+  log "run $rep/$REPS: port $port, VmRSS ${rss0} -> ${rssn} kB, RssAnon ${anon0} -> ${anonn} kB: ${brss} B/conn (VmRSS), ${banon} B/conn (RssAnon); holder: $(sed -n 's/^  connections *//p' "$hout" | head -n 1)"
 }
 
 # Median of the numbers on stdin (mean of the middle two for an even count, rounded down).

@@ -1,13 +1,10 @@
-//! Operating-system calls that std does not wrap.
+//! Operating-system calls that std does not wrap: the open-file limit (getrlimit/setrlimit).
+//! The gateway and loadgen both read and raise it here, and nowhere else.
 
 use std::io;
 
-/// Raises the soft limit on open files to the hard limit; returns the new (soft, hard) pair.
-///
-/// Every connection is a file descriptor, so the soft limit (often 1024) caps connections long
-/// before memory does. The hard limit can only be raised by root (`ulimit -Hn`,
-/// `LimitNOFILE=` in a systemd unit, or `/etc/security/limits.conf`); see docs/OPERATIONS.md.
-pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+/// The open-file limit as (soft, hard).
+pub fn nofile_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -16,18 +13,27 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    if lim.rlim_cur < lim.rlim_max {
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Raises the soft limit on open files to the hard limit; returns the new (soft, hard) pair.
+///
+/// Every connection is a file descriptor, so the soft limit (often 1024) caps connections long
+/// before memory does. The hard limit can only be raised by root (`ulimit -Hn`,
+/// `LimitNOFILE=` in a systemd unit, or `/etc/security/limits.conf`); see docs/OPERATIONS.md.
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let (soft, hard) = nofile_limit()?;
+    if soft < hard {
         let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+            rlim_cur: hard,
+            rlim_max: hard,
         };
         // SAFETY: `raised` is a valid rlimit; the call only reads it.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        lim = raised;
     }
-    Ok((lim.rlim_cur, lim.rlim_max))
+    Ok((hard, hard))
 }
 
 #[cfg(test)]
@@ -36,5 +42,6 @@ mod tests {
     fn soft_limit_reaches_hard_limit() {
         let (soft, hard) = super::raise_nofile_limit().unwrap();
         assert_eq!(soft, hard);
+        assert_eq!(super::nofile_limit().unwrap(), (soft, hard));
     }
 }

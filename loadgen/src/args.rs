@@ -111,6 +111,17 @@ pub struct Args {
     /// No live progress line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Offer permessage-deflate in every upgrade request.
+    #[arg(long)]
+    pub deflate: bool,
+    /// Connect: hold the connections until a line or end of file on stdin instead of for
+    /// --duration; print `open N` on stdout once the ramp is over.
+    #[arg(long)]
+    pub hold_stdin: bool,
+    /// Connect: after the hold, every connection sends one message and verifies its echo
+    /// (print `echo-ok N` on stdout), then all close (print `closed N`).
+    #[arg(long)]
+    pub echo_check: bool,
 }
 
 /// A validated run description. It is also what the parent hands each worker process (as
@@ -142,6 +153,12 @@ pub struct Config {
     pub report: Option<PathBuf>,
     pub target_pids: Vec<u32>,
     pub quiet: bool,
+    /// Offer permessage-deflate.
+    pub deflate: bool,
+    /// Connect: the hold ends on a line or end of file on stdin, not after `duration`.
+    pub hold_stdin: bool,
+    /// Connect: one verified echo per connection after the hold.
+    pub echo_check: bool,
     /// The loadgen binary to start worker processes from [default: this executable]. Tests
     /// that call [`crate::run`] from another binary set it.
     pub exe: Option<PathBuf>,
@@ -152,69 +169,9 @@ pub use gateway::cli::parse_duration;
 impl Args {
     /// Checks the flags together and resolves the URLs.
     pub fn into_config(self) -> Result<Config, String> {
-        if self.conns == 0 {
-            return Err("--conns must be at least 1".into());
-        }
-        if self.pipeline == 0 {
-            return Err("--pipeline must be at least 1".into());
-        }
-        if self.max_pending == 0 {
-            return Err("--max-pending must be at least 1".into());
-        }
-        if self.per_addr == 0 {
-            return Err("--per-addr must be at least 1".into());
-        }
-        if !(self.connect_rate.is_finite() && self.connect_rate >= 0.0) {
-            return Err("--connect-rate must be a number >= 0 (0: unlimited)".into());
-        }
-        if self.size > MAX_SIZE {
-            return Err(format!("--size must be at most {MAX_SIZE} bytes"));
-        }
-        if self.scenario == Scenario::Echo && self.size < ECHO_MIN_SIZE {
-            return Err(format!(
-                "--size must be at least {ECHO_MIN_SIZE} for echo: every payload carries its \
-                 sequence number, send time and connection, so the echo can be verified"
-            ));
-        }
-        if self.scenario == Scenario::Fanout && !(self.rate.is_finite() && self.rate > 0.0) {
-            return Err("--rate must be a positive number of messages per second".into());
-        }
-        let threads = match self.threads {
-            Some(0) => return Err("--threads must be at least 1".into()),
-            Some(t) => t,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        let procs = match self.procs {
-            Some(0) => return Err("--procs must be at least 1".into()),
-            Some(p) if p > self.conns => {
-                return Err(format!(
-                    "--procs {p} is more than --conns {}: every process needs a connection",
-                    self.conns
-                ));
-            }
-            Some(p) => p,
-            None => 0,
-        };
-        let default_url = match self.scenario {
-            Scenario::Fanout => "ws://127.0.0.1:8080/ws/chat/loadgen",
-            _ => "ws://127.0.0.1:8080/echo",
-        };
-        let url = self.url.unwrap_or_else(|| default_url.to_string());
-        let target = url::parse_ws(&url).map_err(|e| format!("--url {e}"))?;
-        if target.is_loopback_v4() && self.conns.div_ceil(self.per_addr) > 254 {
-            return Err(format!(
-                "{} connections at --per-addr {} need more than the 254 source addresses \
-                 127.0.0.1-127.0.0.254; raise --per-addr",
-                self.conns, self.per_addr
-            ));
-        }
-        let publish = match (self.scenario, self.publisher, &self.publish_url) {
-            (Scenario::Fanout, PublisherKind::Http, Some(u)) => {
-                Some(url::parse_http(u).map_err(|e| format!("--publish-url {e}"))?)
-            }
-            (Scenario::Fanout, PublisherKind::Http, None) => Some(url::publish_url_for(&target)?),
-            _ => None,
-        };
+        self.check_numbers()?;
+        let (threads, procs) = self.threads_and_procs()?;
+        let (url, target, publish) = self.endpoints()?;
         Ok(Config {
             scenario: self.scenario,
             target,
@@ -237,8 +194,92 @@ impl Args {
             report: self.report,
             target_pids: self.target_pids,
             quiet: self.quiet,
+            deflate: self.deflate,
+            hold_stdin: self.hold_stdin,
+            echo_check: self.echo_check,
             exe: None,
         })
+    }
+
+    /// Counts, sizes and rates, and which flags go together.
+    fn check_numbers(&self) -> Result<(), String> {
+        if self.conns == 0 {
+            return Err("--conns must be at least 1".into());
+        }
+        if self.pipeline == 0 {
+            return Err("--pipeline must be at least 1".into());
+        }
+        if self.max_pending == 0 {
+            return Err("--max-pending must be at least 1".into());
+        }
+        if self.per_addr == 0 {
+            return Err("--per-addr must be at least 1".into());
+        }
+        if !(self.connect_rate.is_finite() && self.connect_rate >= 0.0) {
+            return Err("--connect-rate must be a number >= 0 (0: unlimited)".into());
+        }
+        if self.size > MAX_SIZE {
+            return Err(format!("--size must be at most {MAX_SIZE} bytes"));
+        }
+        if (self.hold_stdin || self.echo_check) && self.scenario != Scenario::Connect {
+            return Err("--hold-stdin and --echo-check go with --scenario connect".into());
+        }
+        if (self.scenario == Scenario::Echo || self.echo_check) && self.size < ECHO_MIN_SIZE {
+            return Err(format!(
+                "--size must be at least {ECHO_MIN_SIZE} for echo: every payload carries its \
+                 sequence number, send time and connection, so the echo can be verified"
+            ));
+        }
+        if self.scenario == Scenario::Fanout && !(self.rate.is_finite() && self.rate > 0.0) {
+            return Err("--rate must be a positive number of messages per second".into());
+        }
+        Ok(())
+    }
+
+    /// Threads in all (default: the CPUs) and worker processes (0: decide later).
+    fn threads_and_procs(&self) -> Result<(usize, usize), String> {
+        let threads = match self.threads {
+            Some(0) => return Err("--threads must be at least 1".into()),
+            Some(t) => t,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let procs = match self.procs {
+            Some(0) => return Err("--procs must be at least 1".into()),
+            Some(p) if p > self.conns => {
+                return Err(format!(
+                    "--procs {p} is more than --conns {}: every process needs a connection",
+                    self.conns
+                ));
+            }
+            Some(p) => p,
+            None => 0,
+        };
+        Ok((threads, procs))
+    }
+
+    /// The URL as given (or the scenario's default), the resolved target and publish endpoint.
+    fn endpoints(&self) -> Result<(String, Endpoint, Option<Endpoint>), String> {
+        let default_url = match self.scenario {
+            Scenario::Fanout => "ws://127.0.0.1:8080/ws/chat/loadgen",
+            _ => "ws://127.0.0.1:8080/echo",
+        };
+        let url = self.url.clone().unwrap_or_else(|| default_url.to_string());
+        let target = url::parse_ws(&url).map_err(|e| format!("--url {e}"))?;
+        if target.is_loopback_v4() && self.conns.div_ceil(self.per_addr) > 254 {
+            return Err(format!(
+                "{} connections at --per-addr {} need more than the 254 source addresses \
+                 127.0.0.1-127.0.0.254; raise --per-addr",
+                self.conns, self.per_addr
+            ));
+        }
+        let publish = match (self.scenario, self.publisher, &self.publish_url) {
+            (Scenario::Fanout, PublisherKind::Http, Some(u)) => {
+                Some(url::parse_http(u).map_err(|e| format!("--publish-url {e}"))?)
+            }
+            (Scenario::Fanout, PublisherKind::Http, None) => Some(url::publish_url_for(&target)?),
+            _ => None,
+        };
+        Ok((url, target, publish))
     }
 }
 
@@ -415,6 +456,11 @@ mod tests {
             ),
             (&["--conns", "2000000"], "source addresses"),
             (&["--connect-rate=-1"], "--connect-rate"),
+            (
+                &["--scenario", "echo", "--hold-stdin"],
+                "--scenario connect",
+            ),
+            (&["--echo-check", "--size", "8"], "at least 20"),
             (&["--nope"], "--nope"),
         ];
         for (args, want) in table {

@@ -20,7 +20,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::args::Config;
-use crate::engine::{Control, Engine, Phase, Share};
+use crate::control::{Control, Phase, Share};
+use crate::engine::Engine;
 use crate::stats::Results;
 use crate::sys::{self, CpuTime};
 

@@ -1,5 +1,5 @@
-//! The `--report FILE.html` page: one self-contained file with the run's figures and three
-//! charts drawn as inline SVG (latency percentile curves, connections over time, messages or
+//! The `--report FILE.html` page: one self-contained file with the run's figures (the rows of
+//! the text summary, see `summary`) and three charts drawn as inline SVG (latency percentile curves, connections over time, messages or
 //! deliveries per second over time).
 //!
 //! Nothing is loaded from anywhere: no scripts, no fonts, no stylesheets, no images. The page
@@ -7,7 +7,8 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{Report, Sample, fmt_percentiles};
+use crate::report::{Report, Sample};
+use crate::summary::{Row, rows};
 
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 300.0;
@@ -294,70 +295,37 @@ fn timeline_chart(
 /// Title, axis label, the figure a sample gives, and the legend of the rate chart.
 type RateChart = (&'static str, &'static str, fn(&Sample) -> f64, &'static str);
 
+/// The report's rows (the same as the text summary's) as table rows.
+fn table(r: &Report) -> String {
+    let mut t = String::new();
+    for row in rows(r) {
+        let _ = match row {
+            Row::Title(v) => write!(
+                t,
+                "<tr><td colspan=\"2\"><strong>{}</strong></td></tr>",
+                esc(&v)
+            ),
+            Row::Field(k, v) => write!(t, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v)),
+            Row::More(v) => write!(t, "<tr><th></th><td>{}</td></tr>", esc(&v)),
+            Row::Sub(k, v) => write!(t, "<tr><th></th><td>{} {}</td></tr>", esc(&k), esc(&v)),
+            Row::Heading(h) => write!(
+                t,
+                "<tr><th colspan=\"2\" class=\"bad\">{}</th></tr>",
+                esc(h)
+            ),
+            Row::Count(n, c) => write!(t, "<tr><th>{n}</th><td>{}</td></tr>", esc(&c)),
+            Row::Note(v) => write!(
+                t,
+                "<tr><td colspan=\"2\" class=\"bad\">{}</td></tr>",
+                esc(v)
+            ),
+        };
+    }
+    t
+}
+
 /// Renders the whole page.
 pub fn render(r: &Report) -> String {
-    let mut rows: Vec<(String, String)> = vec![
-        (
-            "scenario".into(),
-            format!("{:?}", r.scenario).to_lowercase(),
-        ),
-        ("target".into(), r.url.clone()),
-        (
-            "connections".into(),
-            format!(
-                "{} asked, {} connected, {} failed, {} open at once after {:.2} s",
-                r.conns,
-                r.connect.connected,
-                r.connect.failed,
-                r.timing.open_at_ramp_end,
-                r.timing.ramp_s
-            ),
-        ),
-        ("handshake".into(), fmt_percentiles(&r.connect.handshake)),
-    ];
-    if let Some(e) = &r.echo {
-        rows.push((
-            "echo".into(),
-            format!(
-                "{:.0} msgs/s; {} sent, {} verified, {} mismatched, {} unanswered ({} x {} B in flight per connection)",
-                e.msgs_per_s, e.sent, e.verified, e.mismatched, e.unanswered, e.pipeline, e.size
-            ),
-        ));
-        rows.push(("round trip".into(), fmt_percentiles(&e.rtt)));
-    }
-    if let Some(f) = &r.fanout {
-        rows.push((
-            "fan-out".into(),
-            format!(
-                "{} published at {}/s to {} subscribers; {} deliveries ({:.0}/s); lost {}, duplicated {}",
-                f.published, f.rate, f.subscribers, f.deliveries, f.deliveries_per_s,
-                f.accounting.lost, f.duplicates
-            ),
-        ));
-        rows.push(("delivery (corrected)".into(), fmt_percentiles(&f.latency)));
-        rows.push((
-            "delivery (uncorrected)".into(),
-            fmt_percentiles(&f.latency_uncorrected),
-        ));
-    }
-    rows.push((
-        "cpu".into(),
-        format!(
-            "loadgen {:.0}% of one core{}; {} process(es), {} thread(s), {} cores",
-            r.cpu.loadgen_pct,
-            r.cpu
-                .targets_pct
-                .map_or(String::new(), |p| format!(", target {p:.0}%")),
-            r.procs,
-            r.threads,
-            r.cpu.cores
-        ),
-    ));
-    rows.push((
-        "result".into(),
-        if r.ok { "ok" } else { "NOT OK: see failures" }.into(),
-    ));
-
     let mut page = String::new();
     page.push_str(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -377,13 +345,7 @@ pub fn render(r: &Report) -> String {
          .axis{font-size:12px;fill:#333}.title{font-size:14px;font-weight:600;fill:#222}\
          .bad{color:#b00}</style></head><body>\n",
     );
-    let _ = writeln!(
-        page,
-        "<h1>loadgen report</h1>\n<table>{}</table>",
-        rows.iter()
-            .map(|(k, v)| format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v)))
-            .collect::<String>()
-    );
+    let _ = writeln!(page, "<h1>loadgen report</h1>\n<table>{}</table>", table(r));
     if let Some(c) = latency_chart(r) {
         page.push_str(&c);
         page.push('\n');
@@ -416,39 +378,6 @@ pub fn render(r: &Report) -> String {
     if let Some((title, label, pick, name)) = rate_chart {
         page.push_str(&timeline_chart(r, title, label, pick, "#ffa600", name));
         page.push('\n');
-    }
-    if !r.failures.is_empty() {
-        let _ = writeln!(
-            page,
-            "<h2 class=\"bad\">Failures by cause</h2><table>{}</table>",
-            r.failures
-                .iter()
-                .map(|(k, v)| format!("<tr><td>{v}</td><td>{}</td></tr>", esc(k)))
-                .collect::<String>()
-        );
-    }
-    if !r.cpu.targets.is_empty() {
-        let mib = |b: Option<u64>| {
-            b.map_or("?".to_string(), |b| {
-                format!("{:.1} MiB", b as f64 / 1048576.0)
-            })
-        };
-        let _ = writeln!(
-            page,
-            "<h2>Target processes</h2><table><tr><th>pid</th><th>CPU s</th><th>RSS before</th><th>RSS all open</th><th>RSS after</th></tr>{}</table>",
-            r.cpu
-                .targets
-                .iter()
-                .map(|t| format!(
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    t.pid,
-                    t.cpu_s.map_or("?".into(), |c| format!("{c:.2}")),
-                    mib(t.rss_before),
-                    mib(t.rss_at_ramp_end),
-                    mib(t.rss_after)
-                ))
-                .collect::<String>()
-        );
     }
     page.push_str(
         "<p><small>Latencies are HdrHistogram percentiles (3 significant digits). Fan-out latency \

@@ -3,18 +3,26 @@
 //!
 //! - [`args`]: flags and their validation into a [`Config`].
 //! - [`url`]: the ws:// and http:// endpoints, resolved up front.
-//! - [`engine`]: one mio event loop per thread driving a slab of client connections.
+//! - [`client`]: one client WebSocket connection (connect, upgrade, `proto::Session`, close),
+//!   the only one in loadgen; [`single`] drives one on its own poll (publisher, tests).
+//! - [`sockets`]: socket setup: non-blocking connect, source addresses, connect causes.
+//! - [`control`]: the controller protocol: phases, live counters, each thread's share.
+//! - [`engine`]: one mio event loop per thread driving a slab of clients through the phases.
+//! - [`scenario`]: what each connection does in connect, echo and fanout runs.
 //! - [`fleet`]: the threads of this process, or worker processes when one process may not open
 //!   enough sockets; the worker line protocol.
 //! - [`publisher`]: the fan-out publisher (HTTP POST or WebSocket).
 //! - [`payload`]: what messages carry and how echoes and deliveries are checked.
 //! - [`stats`]: histograms and counters that merge across threads and processes.
 //! - [`run`]: the controller: phases, progress line, timeline.
-//! - [`report`], [`html`]: the summary, the JSON and the HTML page.
+//! - [`report`], [`summary`], [`html`]: the figures and the JSON; the rows both the text
+//!   summary and the HTML page print.
 //! - [`clock`], [`sys`]: CLOCK_MONOTONIC, CPU time and memory of processes.
 
 pub mod args;
+pub mod client;
 pub mod clock;
+pub mod control;
 pub mod engine;
 pub mod fleet;
 pub mod html;
@@ -22,7 +30,11 @@ pub mod payload;
 pub mod publisher;
 pub mod report;
 pub mod run;
+pub mod scenario;
+pub mod single;
+pub mod sockets;
 pub mod stats;
+pub mod summary;
 pub mod sys;
 pub mod url;
 

@@ -1,7 +1,8 @@
 //! The fan-out publisher: sends `--rate` messages per second for `--duration` to the topic,
-//! over HTTP (`POST /publish/TOPIC`, one keep-alive connection) or over its own WebSocket.
+//! over HTTP (`POST /publish/TOPIC`, one keep-alive connection) or over its own WebSocket
+//! (loadgen's one client connection, see `single`).
 //!
-//! It runs on one thread of the parent process with a blocking socket: it is one connection
+//! It runs on one thread of the parent process, call by call: it is one connection
 //! doing a few thousand requests per second at most, so an event loop would buy nothing.
 //! Message `i` is due at `start + i / rate`; it carries that due time and the time it actually
 //! went out (see `payload`). When a request is slow, the following messages leave late but keep
@@ -9,19 +10,17 @@
 //! corrected for coordinated omission. The publisher's worst lag is reported too.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use gateway::proto::close::encode_close_payload;
-use gateway::proto::frame::write_frame;
-use gateway::proto::handshake::{client_key, parse_client_response, write_client_request};
-use gateway::proto::{CloseCode, OpCode};
+use gateway::proto::MessageKind;
 
 use crate::args::{Config, PublisherKind};
 use crate::clock::now_ns;
 use crate::payload;
+use crate::single::Single;
 use crate::stats::{Failures, Hist};
 use crate::url::Endpoint;
 
@@ -71,7 +70,7 @@ pub fn publish(cfg: &Config, stop: &Arc<AtomicBool>) -> Published {
                 cfg.timeout,
             )
         }),
-        PublisherKind::Ws => match WsSink::connect(&cfg.target, cfg.timeout) {
+        PublisherKind::Ws => match WsSink::connect(&cfg.target, cfg.deflate, cfg.timeout) {
             Ok(s) => Box::new(s),
             Err(e) => {
                 out.failures.add(&format!("publish: {e}"), count);
@@ -210,18 +209,9 @@ fn read_response(
             .map_err(|e| format!("publish: malformed HTTP response: {e}"))?;
         if let httparse::Status::Complete(head) = parsed {
             let status = resp.code.unwrap_or(0);
-            let header = |name: &str| {
-                resp.headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case(name))
-                    .and_then(|h| std::str::from_utf8(h.value).ok())
-                    .map(str::trim)
-            };
-            let length: usize = header("Content-Length")
-                .and_then(|v| v.parse().ok())
-                .ok_or("publish: response without Content-Length")?;
-            let keep_alive = resp.version == Some(1)
-                && !header("Connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            let (length, close) = length_and_close(resp.headers);
+            let length = length.ok_or("publish: response without Content-Length")?;
+            let keep_alive = resp.version == Some(1) && !close;
             while buf.len() < head + length {
                 let n = read_some(conn, &mut chunk)?;
                 buf.extend_from_slice(&chunk[..n]);
@@ -238,6 +228,20 @@ fn read_response(
         let n = read_some(conn, &mut chunk)?;
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// The Content-Length of a response head, and whether it says `Connection: close`.
+fn length_and_close(headers: &[httparse::Header<'_>]) -> (Option<usize>, bool) {
+    let (mut length, mut close) = (None, false);
+    for h in headers {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("Content-Length") {
+            length = value.parse().ok();
+        } else if h.name.eq_ignore_ascii_case("Connection") {
+            close = value.eq_ignore_ascii_case("close");
+        }
+    }
+    (length, close)
 }
 
 fn read_some(conn: &mut TcpStream, chunk: &mut [u8]) -> Result<usize, String> {
@@ -259,101 +263,39 @@ fn read_some(conn: &mut TcpStream, chunk: &mut [u8]) -> Result<usize, String> {
     }
 }
 
-/// Text messages on the publisher's own WebSocket to the topic. The server also sends every
-/// message back to it (the sender is in the room); a second thread reads and discards that.
+/// Text messages on the publisher's own WebSocket to the topic: a [`Single`] client. The
+/// server also sends every message back to it (the sender is in the room); what arrived is
+/// read and dropped before each send.
 #[derive(Debug)]
 struct WsSink {
-    conn: TcpStream,
-    frame: Vec<u8>,
-    mask: u32,
-    drain: Option<std::thread::JoinHandle<()>>,
+    conn: Option<Single>,
+    timeout: Duration,
 }
 
 impl WsSink {
-    fn connect(target: &Endpoint, timeout: Duration) -> Result<WsSink, String> {
-        let mut conn = TcpStream::connect_timeout(&target.addr, timeout)
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = conn.set_nodelay(true);
-        conn.set_read_timeout(Some(timeout))
-            .map_err(|e| format!("connect: {e}"))?;
-        let seed = now_ns();
-        let mut random = [0u8; 16];
-        random[..8].copy_from_slice(&seed.to_le_bytes());
-        random[8..].copy_from_slice(&(seed.rotate_left(17) ^ 0x5bd1_e995).to_le_bytes());
-        let key = client_key(random);
-        let mut req = Vec::new();
-        write_client_request(&mut req, &target.host, &target.path, &key, &[]);
-        conn.write_all(&req)
-            .map_err(|e| format!("handshake: {e}"))?;
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = read_some(&mut conn, &mut chunk).map_err(|e| format!("handshake: {e}"))?;
-            head.extend_from_slice(&chunk[..n]);
-            match parse_client_response(&head, &key) {
-                Ok(Some(_)) => break,
-                Ok(None) => {}
-                Err(e) => return Err(format!("handshake: {e}")),
-            }
-        }
-        let mut reader = conn.try_clone().map_err(|e| format!("socket: {e}"))?;
-        let _ = reader.set_read_timeout(None);
-        let drain = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
-        });
+    fn connect(target: &Endpoint, deflate: bool, timeout: Duration) -> Result<WsSink, String> {
         Ok(WsSink {
-            conn,
-            frame: Vec::new(),
-            mask: seed as u32 | 1,
-            drain: Some(drain),
+            conn: Some(Single::open(target, deflate, timeout, false)?),
+            timeout,
         })
     }
 }
 
 impl Sink for WsSink {
     fn send(&mut self, body: &[u8]) -> Result<Option<u64>, String> {
-        self.mask = self
-            .mask
-            .wrapping_mul(1_664_525)
-            .wrapping_add(1_013_904_223);
-        self.frame.clear();
-        write_frame(
-            &mut self.frame,
-            true,
-            OpCode::Text,
-            false,
-            Some(self.mask.to_le_bytes()),
-            body,
-        );
-        self.conn
-            .write_all(&self.frame)
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or("publish: the WebSocket is closed")?;
+        conn.pump()
+            .and_then(|()| conn.send(MessageKind::Text, body, self.timeout))
             .map_err(|e| format!("publish: sending on the WebSocket: {e}"))?;
         Ok(None)
     }
 
     fn finish(&mut self) {
-        let mut payload = [0u8; 125];
-        let n = encode_close_payload(&mut payload, CloseCode::NORMAL, "");
-        self.frame.clear();
-        write_frame(
-            &mut self.frame,
-            true,
-            OpCode::Close,
-            false,
-            Some([1, 2, 3, 4]),
-            &payload[..n],
-        );
-        let _ = self.conn.write_all(&self.frame);
-        // The server answers the close and ends the stream, which ends the drain thread; the
-        // shutdown makes sure of it if it does not.
-        if let Some(d) = self.drain.take() {
-            let deadline = now_ns() + 2_000_000_000;
-            while !d.is_finished() && now_ns() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = self.conn.shutdown(Shutdown::Both);
-            let _ = d.join();
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close(Duration::from_secs(2));
         }
     }
 }

@@ -1,18 +1,17 @@
-//! The report of a run: every figure in one serialisable structure ([`Report`]), the human
-//! summary printed at the end, and the `--json` file.
+//! The report of a run: every figure in one serialisable structure ([`Report`]), and the
+//! `--json` file. The text summary and the HTML page both draw `summary`'s rows.
 //!
 //! Latencies are always distributions (percentiles from HdrHistogram), never averages alone.
 //! loadgen's own CPU time is reported beside the target's, so a reader can tell which side
 //! was the bottleneck.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::args::{Config, PublisherKind, Scenario};
 use crate::clock::secs;
-use crate::engine::Phase;
+use crate::control::Phase;
 use crate::fleet::Totals;
 use crate::payload::{self, Accounting};
 use crate::publisher::Published;
@@ -99,6 +98,16 @@ pub struct EchoReport {
     pub rtt: Percentiles,
 }
 
+/// `--echo-check`: one echo per connection after the hold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EchoCheckReport {
+    pub sent: u64,
+    pub verified: u64,
+    pub mismatched: u64,
+    pub unanswered: u64,
+    pub rtt: Percentiles,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FanoutReport {
     pub publisher: PublisherKind,
@@ -160,12 +169,62 @@ pub struct Report {
     /// Connection failures by cause.
     pub failures: BTreeMap<String, u64>,
     pub echo: Option<EchoReport>,
+    /// `--echo-check`: the one echo per connection after a connect run's hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo_check: Option<EchoCheckReport>,
     pub fanout: Option<FanoutReport>,
     pub cpu: CpuReport,
     pub timeline: Vec<Sample>,
     pub curves: Curves,
     /// Every client did what was asked: all connected, every echo verified, nothing lost.
     pub ok: bool,
+}
+
+impl EchoReport {
+    fn new(cfg: &Config, r: &Results, timing: &Timing) -> EchoReport {
+        let c = &r.counts;
+        EchoReport {
+            pipeline: cfg.pipeline,
+            size: cfg.size,
+            sent: c.sent,
+            verified: c.verified,
+            mismatched: c.mismatched,
+            unanswered: c.unanswered,
+            msgs_per_s: if timing.run_s > 0.0 {
+                c.verified_in_run as f64 / timing.run_s
+            } else {
+                0.0
+            },
+            rtt: r.rtt.percentiles(),
+        }
+    }
+}
+
+impl FanoutReport {
+    fn new(cfg: &Config, r: &Results, p: Published, timing: &Timing) -> FanoutReport {
+        let c = &r.counts;
+        let accounting = payload::account(&r.per_seq, &p.accepted, c.subscribers);
+        let span = p.elapsed_s.max(timing.run_s).max(1e-9);
+        FanoutReport {
+            publisher: cfg.publisher,
+            rate: cfg.rate,
+            size: cfg.size,
+            published: p.accepted.len() as u64,
+            accepted: p.accepted_count(),
+            subscribers: c.subscribers,
+            server_subscribers: p.server_subscribers,
+            accounting,
+            duplicates: c.duplicates,
+            malformed: c.malformed,
+            deliveries: c.deliveries,
+            deliveries_per_s: c.deliveries as f64 / span,
+            latency: r.delivery.percentiles(),
+            latency_uncorrected: r.delivery_uncorrected.percentiles(),
+            publish_request: p.request_latency.percentiles(),
+            publisher_max_lag_us: p.max_lag_ns as f64 / 1e3,
+            publish_failures: p.failures.0,
+        }
+    }
 }
 
 impl Report {
@@ -182,44 +241,16 @@ impl Report {
         timeline: Vec<Sample>,
     ) -> Report {
         let c = &r.counts;
-        let echo = (cfg.scenario == Scenario::Echo).then(|| EchoReport {
-            pipeline: cfg.pipeline,
-            size: cfg.size,
+        let echo = (cfg.scenario == Scenario::Echo).then(|| EchoReport::new(cfg, &r, &timing));
+        let echo_check = cfg.echo_check.then(|| EchoCheckReport {
             sent: c.sent,
             verified: c.verified,
             mismatched: c.mismatched,
             unanswered: c.unanswered,
-            msgs_per_s: if timing.run_s > 0.0 {
-                c.verified_in_run as f64 / timing.run_s
-            } else {
-                0.0
-            },
             rtt: r.rtt.percentiles(),
         });
-        let fanout = (cfg.scenario == Scenario::Fanout).then(|| {
-            let p = published.clone().unwrap_or_default();
-            let accounting = payload::account(&r.per_seq, &p.accepted, c.subscribers);
-            let span = p.elapsed_s.max(timing.run_s).max(1e-9);
-            FanoutReport {
-                publisher: cfg.publisher,
-                rate: cfg.rate,
-                size: cfg.size,
-                published: p.accepted.len() as u64,
-                accepted: p.accepted_count(),
-                subscribers: c.subscribers,
-                server_subscribers: p.server_subscribers,
-                accounting,
-                duplicates: c.duplicates,
-                malformed: c.malformed,
-                deliveries: c.deliveries,
-                deliveries_per_s: c.deliveries as f64 / span,
-                latency: r.delivery.percentiles(),
-                latency_uncorrected: r.delivery_uncorrected.percentiles(),
-                publish_request: p.request_latency.percentiles(),
-                publisher_max_lag_us: p.max_lag_ns as f64 / 1e3,
-                publish_failures: p.failures.0.clone(),
-            }
-        });
+        let fanout = (cfg.scenario == Scenario::Fanout)
+            .then(|| FanoutReport::new(cfg, &r, published.unwrap_or_default(), &timing));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let wall = timing.wall_s.max(1e-9);
         let target_cpu: Vec<f64> = targets.iter().filter_map(|t| t.cpu_s).collect();
@@ -231,6 +262,9 @@ impl Report {
             && echo
                 .as_ref()
                 .is_none_or(|e| e.mismatched == 0 && e.unanswered == 0 && e.verified == e.sent)
+            && echo_check.as_ref().is_none_or(|e| {
+                e.mismatched == 0 && e.unanswered == 0 && e.verified == c.connected
+            })
             && fanout.as_ref().is_none_or(|f| {
                 f.accounting.lost == 0
                     && f.duplicates == 0
@@ -256,6 +290,7 @@ impl Report {
             },
             failures: r.failures.0.clone(),
             echo,
+            echo_check,
             fanout,
             cpu: CpuReport {
                 loadgen_user_s: cpu.user_s,
@@ -275,157 +310,9 @@ impl Report {
         }
     }
 
-    /// The human summary printed at the end of a run.
-    pub fn summary(&self) -> String {
-        let mut s = String::new();
-        let t = &self.timing;
-        let c = &self.connect;
-        let _ = writeln!(
-            s,
-            "loadgen: {:?} against {} with {} connections ({} process{}, {} thread{})",
-            self.scenario,
-            self.url,
-            self.conns,
-            self.procs,
-            if self.procs == 1 { "" } else { "es" },
-            self.threads,
-            if self.threads == 1 { "" } else { "s" }
-        );
-        let _ = writeln!(
-            s,
-            "  connections   {} connected, {} failed, {} closed cleanly; {} open at once after {:.2} s",
-            c.connected, c.failed, c.closed_clean, t.open_at_ramp_end, t.ramp_s
-        );
-        let _ = writeln!(s, "  handshake     {}", fmt_percentiles(&c.handshake));
-        if let Some(e) = &self.echo {
-            let _ = writeln!(
-                s,
-                "  echo          {:.0} msgs/s over {:.1} s ({} x {} B in flight per connection)",
-                e.msgs_per_s, t.run_s, e.pipeline, e.size
-            );
-            let _ = writeln!(
-                s,
-                "                {} sent, {} verified, {} mismatched, {} unanswered",
-                e.sent, e.verified, e.mismatched, e.unanswered
-            );
-            let _ = writeln!(s, "  round trip    {}", fmt_percentiles(&e.rtt));
-        }
-        if let Some(f) = &self.fanout {
-            let _ = writeln!(
-                s,
-                "  fanout        {} published ({} accepted) at {}/s to {} subscribers{}",
-                f.published,
-                f.accepted,
-                f.rate,
-                f.subscribers,
-                f.server_subscribers
-                    .map_or(String::new(), |n| format!(" (server says {n})"))
-            );
-            let _ = writeln!(
-                s,
-                "                {} deliveries ({:.0}/s): expected {}, lost {} over {} messages, {} duplicated, {} malformed",
-                f.deliveries,
-                f.deliveries_per_s,
-                f.accounting.expected,
-                f.accounting.lost,
-                f.accounting.seqs_with_loss,
-                f.duplicates,
-                f.malformed
-            );
-            let _ = writeln!(s, "  delivery      {}", fmt_percentiles(&f.latency));
-            let _ = writeln!(
-                s,
-                "    uncorrected {}",
-                fmt_percentiles(&f.latency_uncorrected)
-            );
-            let _ = writeln!(
-                s,
-                "  publisher     worst lag behind schedule {:.0} us; request {}",
-                f.publisher_max_lag_us,
-                fmt_percentiles(&f.publish_request)
-            );
-            for (cause, n) in &f.publish_failures {
-                let _ = writeln!(s, "    {n:>8}  {cause}");
-            }
-        }
-        if !self.failures.is_empty() {
-            let _ = writeln!(s, "  failures by cause:");
-            for (cause, n) in &self.failures {
-                let _ = writeln!(s, "    {n:>8}  {cause}");
-            }
-        }
-        let cpu = &self.cpu;
-        let _ = write!(
-            s,
-            "  cpu           loadgen {:.2} s user + {:.2} s sys = {:.0}% of one core over {:.1} s ({} cores)",
-            cpu.loadgen_user_s, cpu.loadgen_sys_s, cpu.loadgen_pct, t.wall_s, cpu.cores
-        );
-        match cpu.targets_pct {
-            Some(p) => {
-                let _ = writeln!(s, "; target {p:.0}%");
-            }
-            None => s.push('\n'),
-        }
-        for tg in &cpu.targets {
-            let mib = |b: Option<u64>| {
-                b.map_or("?".to_string(), |b| {
-                    format!("{:.1} MiB", b as f64 / 1048576.0)
-                })
-            };
-            let _ = writeln!(
-                s,
-                "    pid {}: cpu {} s, rss {} before, {} with all connections open, {} after",
-                tg.pid,
-                tg.cpu_s.map_or("?".to_string(), |c| format!("{c:.2}")),
-                mib(tg.rss_before),
-                mib(tg.rss_at_ramp_end),
-                mib(tg.rss_after)
-            );
-        }
-        if t.aborted {
-            let _ = writeln!(s, "  the run did not end by itself and was aborted");
-        }
-        let _ = writeln!(
-            s,
-            "  result        {}",
-            if self.ok {
-                "ok: every client did what was asked"
-            } else {
-                "NOT OK: see failures above"
-            }
-        );
-        s
-    }
-
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("reports serialize")
     }
-}
-
-fn fmt_us(us: f64) -> String {
-    if us >= 1e6 {
-        format!("{:.2} s", us / 1e6)
-    } else if us >= 1e3 {
-        format!("{:.2} ms", us / 1e3)
-    } else {
-        format!("{us:.0} us")
-    }
-}
-
-/// "p50 .. p90 .. p99 .. p99.9 .. max (n)".
-pub fn fmt_percentiles(p: &Percentiles) -> String {
-    if p.count == 0 {
-        return "no samples".to_string();
-    }
-    format!(
-        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
-        fmt_us(p.p50_us),
-        fmt_us(p.p90_us),
-        fmt_us(p.p99_us),
-        fmt_us(p.p999_us),
-        fmt_us(p.max_us),
-        p.count
-    )
 }
 
 #[cfg(test)]

@@ -7,18 +7,19 @@
 //! over. So "50,000 open" means 50,000 open at the same time, and echo throughput is measured
 //! with every connection taking part.
 
-use std::io::{IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::args::{Config, Scenario};
 use crate::clock::{now_ns, secs};
-use crate::engine::Phase;
+use crate::control::Phase;
 use crate::fleet::{self, Fleet, LocalFleet, RemoteFleet, Slice, Totals};
 use crate::publisher::{self, Published};
-use crate::report::{Report, Sample, TargetCpu};
+use crate::report::{Report, Sample, TargetCpu, Timing};
 use crate::sys::{self, CpuTime};
 
 /// File descriptors a process keeps for itself (epoll, pipes, stdio, the publisher).
@@ -35,184 +36,317 @@ pub fn procs_needed(conns: usize, per_process: usize) -> usize {
 /// (unreachable server, a worker process that died); failures of individual connections are
 /// in the report.
 pub fn run(cfg: &Config) -> Result<Report, String> {
-    let (soft, _hard) = gateway::sys::raise_nofile_limit()
-        .map_err(|e| format!("cannot read the open-file limit: {e}"))?;
-    preflight(cfg)?;
+    let plan = Plan::new(cfg)?;
+    let mut ctl = Controller::start(cfg, &plan)?;
+    while !ctl.step()? {}
+    ctl.finish(&plan)
+}
 
-    let per_process = soft.saturating_sub(FD_RESERVE).max(1) as usize;
-    let procs = match cfg.procs {
-        0 => procs_needed(cfg.conns, per_process),
-        p => p,
-    };
-    if cfg.conns.div_ceil(procs) > per_process {
-        return Err(format!(
-            "{} connections over {procs} processes is {} per process, but the open-file limit \
-             allows {per_process}: raise --procs (or the limit, ulimit -n)",
-            cfg.conns,
-            cfg.conns.div_ceil(procs)
-        ));
-    }
-    let threads_per_proc = if procs == 1 {
-        cfg.threads
-    } else {
-        cfg.threads.div_ceil(procs).max(1)
-    };
-    let slices: Vec<Slice> = fleet::split(cfg.conns, procs)
-        .into_iter()
-        .map(|r| Slice {
-            first: r.start,
-            count: r.len(),
-            threads: threads_per_proc,
-            rate: cfg.connect_rate / procs as f64,
-            max_pending: (cfg.max_pending / procs).max(1),
+/// How the connections are spread over processes and threads.
+#[derive(Debug)]
+struct Plan {
+    procs: usize,
+    threads_per_proc: usize,
+    slices: Vec<Slice>,
+}
+
+impl Plan {
+    /// Raises the open-file limit, checks the target answers, and splits the connections.
+    fn new(cfg: &Config) -> Result<Plan, String> {
+        let (soft, _hard) = gateway::sys::raise_nofile_limit()
+            .map_err(|e| format!("cannot read the open-file limit: {e}"))?;
+        preflight(cfg)?;
+        let per_process = soft.saturating_sub(FD_RESERVE).max(1) as usize;
+        let procs = match cfg.procs {
+            0 => procs_needed(cfg.conns, per_process),
+            p => p,
+        };
+        if cfg.conns.div_ceil(procs) > per_process {
+            return Err(format!(
+                "{} connections over {procs} processes is {} per process, but the open-file \
+                 limit allows {per_process}: raise --procs (or the limit, ulimit -n)",
+                cfg.conns,
+                cfg.conns.div_ceil(procs)
+            ));
+        }
+        let threads_per_proc = if procs == 1 {
+            cfg.threads
+        } else {
+            cfg.threads.div_ceil(procs).max(1)
+        };
+        let slices = fleet::split(cfg.conns, procs)
+            .into_iter()
+            .map(|r| Slice {
+                first: r.start,
+                count: r.len(),
+                threads: threads_per_proc,
+                rate: cfg.connect_rate / procs as f64,
+                max_pending: (cfg.max_pending / procs).max(1),
+            })
+            .collect();
+        Ok(Plan {
+            procs,
+            threads_per_proc,
+            slices,
         })
-        .collect();
+    }
+}
 
-    let cpu_start = sys::self_cpu();
-    let targets_start: Vec<(u32, Option<CpuTime>, Option<u64>)> = cfg
-        .target_pids
-        .iter()
-        .map(|&p| (p, sys::proc_cpu(p), sys::proc_rss(p)))
-        .collect();
-    let t0 = now_ns();
-    let cfg_arc = Arc::new(cfg.clone());
-    let mut fleet: Box<dyn Fleet> = if procs == 1 {
-        Box::new(LocalFleet::start(cfg_arc.clone(), &slices[0])?)
-    } else {
-        Box::new(RemoteFleet::start(cfg, slices)?)
-    };
+/// The controller's state while the run goes: it moves every client through the phases,
+/// samples the timeline and draws the progress line, and guards against a run that hangs.
+#[derive(Debug)]
+struct Controller<'a> {
+    cfg: &'a Config,
+    cfg_arc: Arc<Config>,
+    fleet: Box<dyn Fleet>,
+    t0: u64,
+    cpu_start: CpuTime,
+    /// Each target's pid, CPU time and RSS at the start.
+    targets_start: Vec<(u32, Option<CpuTime>, Option<u64>)>,
+    progress: Progress,
+    timeline: Vec<Sample>,
+    last_sample: (u64, Totals),
+    phase: Phase,
+    ramp_end: Option<(u64, Totals)>,
+    /// The run phase's start and end.
+    run_window: Option<(u64, u64)>,
+    rss_at_ramp: Vec<Option<u64>>,
+    /// Tells the publisher to stop (abort).
+    stop: Arc<AtomicBool>,
+    publisher: Option<JoinHandle<Published>>,
+    published: Option<Published>,
+    /// `--hold-stdin`: set by a line or end of file on stdin.
+    released: Option<Arc<AtomicBool>>,
+    abort_at: u64,
+    aborted: bool,
+    end: Option<(u64, Totals)>,
+}
 
-    let mut progress = Progress::new(cfg, t0);
-    let mut timeline: Vec<Sample> = vec![Sample::between(
-        t0,
-        (t0, Totals::default()),
-        (t0, Totals::default()),
-        Phase::Ramp,
-    )];
-    let mut last_sample = (t0, Totals::default());
-    let mut phase = Phase::Ramp;
-    let mut ramp_end: Option<(u64, Totals)> = None;
-    let mut run_window: Option<(u64, u64)> = None;
-    let mut rss_at_ramp: Vec<Option<u64>> = Vec::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut publisher: Option<std::thread::JoinHandle<Published>> = None;
-    let mut published: Option<Published> = None;
-    // Guards against a run that does not end: ramping is bounded by the rate and the timeout,
-    // draining and closing by the timeout; twice that and a margin is a hang.
-    let timeout_ns = cfg.timeout.as_nanos() as u64;
-    let ramp_bound = if cfg.connect_rate > 0.0 {
-        (cfg.conns as f64 / cfg.connect_rate * 1e9) as u64
-    } else {
-        0
-    } * 2
-        + 2 * timeout_ns
-        + 30_000_000_000;
-    let mut abort_at = t0 + ramp_bound;
-    let mut aborted = false;
+impl<'a> Controller<'a> {
+    fn start(cfg: &'a Config, plan: &Plan) -> Result<Controller<'a>, String> {
+        let cpu_start = sys::self_cpu();
+        let targets_start = cfg
+            .target_pids
+            .iter()
+            .map(|&p| (p, sys::proc_cpu(p), sys::proc_rss(p)))
+            .collect();
+        let t0 = now_ns();
+        let cfg_arc = Arc::new(cfg.clone());
+        let fleet: Box<dyn Fleet> = if plan.procs == 1 {
+            Box::new(LocalFleet::start(cfg_arc.clone(), &plan.slices[0])?)
+        } else {
+            Box::new(RemoteFleet::start(cfg, plan.slices.clone())?)
+        };
+        let zero = (t0, Totals::default());
+        Ok(Controller {
+            cfg,
+            cfg_arc,
+            fleet,
+            t0,
+            cpu_start,
+            targets_start,
+            progress: Progress::new(cfg, t0),
+            timeline: vec![Sample::between(t0, zero, zero, Phase::Ramp)],
+            last_sample: zero,
+            phase: Phase::Ramp,
+            ramp_end: None,
+            run_window: None,
+            rss_at_ramp: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            publisher: None,
+            published: None,
+            released: cfg.hold_stdin.then(watch_stdin),
+            abort_at: t0 + ramp_bound(cfg),
+            aborted: false,
+            end: None,
+        })
+    }
 
-    loop {
+    /// One look at the clients, every 20 ms; true when every client has finished.
+    fn step(&mut self) -> Result<bool, String> {
         std::thread::sleep(Duration::from_millis(20));
         let now = now_ns();
-        let totals = fleet.totals();
-        if now >= last_sample.0 + SAMPLE_EVERY.as_nanos() as u64 {
-            timeline.push(Sample::between(t0, last_sample, (now, totals), phase));
-            last_sample = (now, totals);
+        let totals = self.fleet.totals();
+        if now >= self.last_sample.0 + SAMPLE_EVERY.as_nanos() as u64 {
+            let sample = Sample::between(self.t0, self.last_sample, (now, totals), self.phase);
+            self.timeline.push(sample);
+            self.last_sample = (now, totals);
         }
-        progress.show(now, phase, &totals, false);
-        match phase {
-            Phase::Ramp if totals.ramped => {
-                ramp_end = Some((now, totals));
-                rss_at_ramp = cfg.target_pids.iter().map(|&p| sys::proc_rss(p)).collect();
-                fleet.set_phase(Phase::Run, None);
-                phase = Phase::Run;
-                run_window = Some((now, now));
-                if cfg.scenario == Scenario::Fanout {
-                    let (c, s) = (cfg_arc.clone(), stop.clone());
-                    publisher = Some(std::thread::spawn(move || publisher::publish(&c, &s)));
-                }
-            }
-            Phase::Run => {
-                let (start, _) = run_window.expect("run started");
-                let over = match &publisher {
-                    Some(p) => p.is_finished(),
-                    None => now >= start + cfg.duration.as_nanos() as u64,
-                };
-                if over {
-                    let last_seq = match publisher.take() {
-                        Some(p) => {
-                            let p = p.join().map_err(|_| "the publisher panicked".to_string())?;
-                            let last = p.last_seq();
-                            published = Some(p);
-                            last
-                        }
-                        None => None,
-                    };
-                    run_window = Some((start, now));
-                    fleet.set_phase(Phase::Drain, last_seq);
-                    phase = Phase::Drain;
-                    abort_at = now + 2 * timeout_ns + 10_000_000_000;
-                }
-            }
+        self.progress.show(now, self.phase, &totals, false);
+        match self.phase {
+            Phase::Ramp if totals.ramped => self.begin_run(now, totals)?,
+            Phase::Run if self.run_over(now) => self.begin_drain(now)?,
             _ => {}
         }
         if totals.finished {
-            break;
+            self.end = Some((now_ns(), self.fleet.totals()));
+            return Ok(true);
         }
-        if now >= abort_at {
-            if aborted {
-                return Err("the clients did not stop after being told to abort".into());
-            }
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            fleet.set_phase(Phase::Abort, None);
-            aborted = true;
-            abort_at = now + timeout_ns + 10_000_000_000;
+        if now >= self.abort_at {
+            self.abort(now)?;
         }
-    }
-    let end = now_ns();
-    let last_totals = fleet.totals();
-    timeline.push(Sample::between(t0, last_sample, (end, last_totals), phase));
-    progress.show(end, phase, &last_totals, true);
-    if let Some(p) = publisher.take() {
-        published = p.join().ok();
+        Ok(false)
     }
 
-    let (results, worker_cpu) = fleet.join()?;
-    let mut cpu = cpu_start.since(&sys::self_cpu());
-    cpu.add(&worker_cpu);
-    let wall_s = secs(t0, end);
-    let targets = targets_start
-        .into_iter()
-        .enumerate()
-        .map(|(i, (pid, cpu0, rss0))| TargetCpu {
-            pid,
-            cpu_s: match (cpu0, sys::proc_cpu(pid)) {
-                (Some(a), Some(b)) => Some(a.since(&b).total()),
-                _ => None,
-            },
-            rss_before: rss0,
-            rss_at_ramp_end: rss_at_ramp.get(i).copied().flatten(),
-            rss_after: sys::proc_rss(pid),
-        })
-        .collect();
-    let (ramp_end_ns, ramp_totals) = ramp_end.unwrap_or((end, last_totals));
-    let (run_start, run_end) = run_window.unwrap_or((end, end));
-    Ok(Report::build(
-        cfg,
-        procs,
-        threads_per_proc * procs,
-        results,
-        published,
-        crate::report::Timing {
-            ramp_s: secs(t0, ramp_end_ns),
+    /// Every connection is open (or failed): the scenario starts.
+    fn begin_run(&mut self, now: u64, totals: Totals) -> Result<(), String> {
+        self.ramp_end = Some((now, totals));
+        self.rss_at_ramp = self
+            .cfg
+            .target_pids
+            .iter()
+            .map(|&p| sys::proc_rss(p))
+            .collect();
+        self.fleet.set_phase(Phase::Run, None);
+        self.phase = Phase::Run;
+        self.run_window = Some((now, now));
+        if self.cfg.scenario == Scenario::Fanout {
+            let (c, s) = (self.cfg_arc.clone(), self.stop.clone());
+            self.publisher = Some(std::thread::spawn(move || publisher::publish(&c, &s)));
+        }
+        // The run phase ends by itself (the duration, the publisher) or by stdin; the hang
+        // guard covers the first only.
+        self.abort_at = match self.released {
+            Some(_) => u64::MAX,
+            None => now + self.cfg.duration.as_nanos() as u64 + ramp_bound(self.cfg),
+        };
+        if self.cfg.hold_stdin {
+            say(&format!("open {}", totals.open))?;
+        }
+        Ok(())
+    }
+
+    fn run_over(&self, now: u64) -> bool {
+        let (start, _) = self.run_window.expect("run started");
+        match (&self.publisher, &self.released) {
+            (Some(p), _) => p.is_finished(),
+            (None, Some(r)) => r.load(Ordering::Acquire),
+            (None, None) => now >= start + self.cfg.duration.as_nanos() as u64,
+        }
+    }
+
+    /// The run phase is over: stop sending, wait for what is in flight, then close.
+    fn begin_drain(&mut self, now: u64) -> Result<(), String> {
+        let last_seq = match self.publisher.take() {
+            Some(p) => {
+                let p = p.join().map_err(|_| "the publisher panicked".to_string())?;
+                let last = p.last_seq();
+                self.published = Some(p);
+                last
+            }
+            None => None,
+        };
+        let (start, _) = self.run_window.expect("run started");
+        self.run_window = Some((start, now));
+        self.fleet.set_phase(Phase::Drain, last_seq);
+        self.phase = Phase::Drain;
+        self.abort_at = now + 2 * self.cfg.timeout.as_nanos() as u64 + 10_000_000_000;
+        Ok(())
+    }
+
+    /// The run did not end in time: tell everyone to close now, and give up if even that hangs.
+    fn abort(&mut self, now: u64) -> Result<(), String> {
+        if self.aborted {
+            return Err("the clients did not stop after being told to abort".into());
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        self.fleet.set_phase(Phase::Abort, None);
+        self.aborted = true;
+        self.abort_at = now + self.cfg.timeout.as_nanos() as u64 + 10_000_000_000;
+        Ok(())
+    }
+
+    /// Collects the results and builds the report.
+    fn finish(mut self, plan: &Plan) -> Result<Report, String> {
+        let (end, last_totals) = self.end.expect("finished");
+        self.timeline.push(Sample::between(
+            self.t0,
+            self.last_sample,
+            (end, last_totals),
+            self.phase,
+        ));
+        self.progress.show(end, self.phase, &last_totals, true);
+        if let Some(p) = self.publisher.take() {
+            self.published = p.join().ok();
+        }
+        let (results, worker_cpu) = self.fleet.join()?;
+        if self.cfg.echo_check {
+            say(&format!("echo-ok {}", results.counts.verified))?;
+        }
+        if self.cfg.hold_stdin || self.cfg.echo_check {
+            say(&format!("closed {}", results.counts.closed_clean))?;
+        }
+        let mut cpu = self.cpu_start.since(&sys::self_cpu());
+        cpu.add(&worker_cpu);
+        let rss_at_ramp = self.rss_at_ramp;
+        let targets = self
+            .targets_start
+            .into_iter()
+            .enumerate()
+            .map(|(i, (pid, cpu0, rss0))| TargetCpu {
+                pid,
+                cpu_s: match (cpu0, sys::proc_cpu(pid)) {
+                    (Some(a), Some(b)) => Some(a.since(&b).total()),
+                    _ => None,
+                },
+                rss_before: rss0,
+                rss_at_ramp_end: rss_at_ramp.get(i).copied().flatten(),
+                rss_after: sys::proc_rss(pid),
+            })
+            .collect();
+        let (ramp_end_ns, ramp_totals) = self.ramp_end.unwrap_or((end, last_totals));
+        let (run_start, run_end) = self.run_window.unwrap_or((end, end));
+        let timing = Timing {
+            ramp_s: secs(self.t0, ramp_end_ns),
             open_at_ramp_end: ramp_totals.open,
             run_s: secs(run_start, run_end),
-            wall_s,
-            aborted,
-        },
-        cpu,
-        targets,
-        timeline,
-    ))
+            wall_s: secs(self.t0, end),
+            aborted: self.aborted,
+        };
+        Ok(Report::build(
+            self.cfg,
+            plan.procs,
+            plan.threads_per_proc * plan.procs,
+            results,
+            self.published,
+            timing,
+            cpu,
+            targets,
+            self.timeline,
+        ))
+    }
+}
+
+/// How long ramping may take before the run counts as hung: bounded by the rate and the
+/// timeout; twice that and a margin is a hang.
+fn ramp_bound(cfg: &Config) -> u64 {
+    let ramp = if cfg.connect_rate > 0.0 {
+        (cfg.conns as f64 / cfg.connect_rate * 1e9) as u64
+    } else {
+        0
+    };
+    ramp * 2 + 2 * cfg.timeout.as_nanos() as u64 + 30_000_000_000
+}
+
+/// `--hold-stdin`: a thread that sets the flag on a line or end of file on stdin (so the hold
+/// never outlives whoever drives it).
+fn watch_stdin() -> Arc<AtomicBool> {
+    let released = Arc::new(AtomicBool::new(false));
+    let flag = released.clone();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        flag.store(true, Ordering::Release);
+    });
+    released
+}
+
+/// One machine-readable line on stdout (`open N`, `echo-ok N`, `closed N`), flushed at once.
+fn say(line: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("writing to stdout: {e}"))
 }
 
 /// One blocking connect to the target (and the publish endpoint), so that a server that is not

@@ -138,3 +138,45 @@ fn bad_invocations_are_one_line_and_non_zero() {
         assert!(!stderr.contains("panicked"));
     }
 }
+
+/// The idle-memory holder's contract (scripts/idle-memory.sh): `open N` once every connection
+/// is open, a hold until a line on stdin, then `echo-ok N` and `closed N`, status 0. The
+/// connections offer permessage-deflate.
+#[test]
+fn hold_on_stdin_then_echo_check_and_close() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    let gw = gateway();
+    let url = format!("ws://{}/echo", gw.local_addr());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--url", &url, "--conns", "150", "--threads", "2", "-q"])
+        .args([
+            "--hold-stdin",
+            "--echo-check",
+            "--deflate",
+            "--timeout",
+            "5s",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "open 150");
+    // Held: nothing more until stdin says go.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the hold waits for stdin"
+    );
+    writeln!(child.stdin.take().unwrap(), "go").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "echo-ok 150");
+    assert_eq!(lines.next().unwrap().unwrap(), "closed 150");
+    let summary: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(
+        summary.iter().any(|l| l.contains("echo check")),
+        "{summary:?}"
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{summary:?}");
+}
