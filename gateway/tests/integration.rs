@@ -13,6 +13,7 @@
 //! - `deadlines`: handshake timeout, keep-alive pings and the pong timeout.
 //! - `plain_http`: `/healthz`, `/metrics`, `/`, unknown paths.
 //! - `isolation`: a misbehaving client never hurts the others.
+//! - `backpressure`: a publish flood: bounded backlog, publishers pushed back, slow consumers.
 //! - `topics`: chat rooms, the publish API, the `/ws` protocol, slow consumers.
 //! - `feeds`: file watch and log tail: writes, atomic replace, delete, truncation, rotation.
 //! - `scale`: thousands of idle connections on one gateway all still echo.
@@ -22,6 +23,8 @@
 
 mod util;
 
+#[path = "integration/backpressure.rs"]
+mod backpressure;
 #[path = "integration/control.rs"]
 mod control;
 #[path = "integration/deadlines.rs"]

@@ -275,16 +275,21 @@ impl Worker {
         };
         let r = match self.shared.hub.try_publish(topic, kind, body.into()) {
             Ok(r) => r,
-            Err(refused) => {
-                let (headers, error): (&[(&str, &str)], &str) = match refused {
-                    Refused::TooManyTopics => (&[], TOO_MANY_TOPICS),
-                    Refused::Busy => {
-                        WorkerStats::add(&self.stats().publish_refused_busy_total, 1);
-                        (&[("Retry-After", "1")], BUSY)
-                    }
-                };
-                let body = json!({"error": error, "topic": topic});
-                self.respond_json(key, 503, headers, &body, After::Close);
+            Err(Refused::TooManyTopics) => {
+                let body = json!({"error": TOO_MANY_TOPICS, "topic": topic});
+                self.respond_json(key, 503, &[], &body, After::Close);
+                return input.len();
+            }
+            Err(Refused::Busy) => {
+                // A backend pipelining publishes keeps its connection: it retries on it.
+                WorkerStats::add(&self.stats().publish_refused_busy_total, 1);
+                let body = json!({"error": BUSY, "topic": topic});
+                let retry = [("Retry-After", "1")];
+                if keep_alive {
+                    self.respond_json(key, 503, &retry, &body, After::KeepAlive);
+                    return end;
+                }
+                self.respond_json(key, 503, &retry, &body, After::Close);
                 return input.len();
             }
         };
