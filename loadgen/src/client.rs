@@ -25,6 +25,7 @@ use gateway::proto::handshake::{
 use gateway::proto::{CloseCode, Event, MessageKind, Rng, Role, Session, SessionState, Tick};
 use mio::net::TcpStream;
 
+use crate::clock::now_ns;
 use crate::sockets::{connect_cause, is_connected, open_socket};
 use crate::url::Endpoint;
 
@@ -90,9 +91,16 @@ impl Io {
 pub trait Handler {
     /// The upgrade was accepted `handshake_ns` after the connect started.
     fn opened(&mut self, handshake_ns: u64);
-    /// A complete message from the server; `reply` sends on the same connection (in the same
-    /// write as everything else this read owes it). An `Err` ends the connection.
-    fn message(&mut self, kind: MessageKind, msg: &[u8], reply: &mut Reply<'_>) -> Result<(), End>;
+    /// A complete message from the server, read at `now_ns`; `reply` sends on the same
+    /// connection (in the same write as everything else this read owes it). An `Err` ends the
+    /// connection.
+    fn message(
+        &mut self,
+        kind: MessageKind,
+        msg: &[u8],
+        reply: &mut Reply<'_>,
+        now_ns: u64,
+    ) -> Result<(), End>;
 }
 
 /// Sending on the connection whose message is being handled.
@@ -172,7 +180,6 @@ impl Client {
         hup: bool,
         io: &mut Io,
         handler: &mut impl Handler,
-        now_ns: u64,
     ) -> Result<(), End> {
         if matches!(self.stage, Stage::Connecting) && !self.on_connected(io)? {
             return Ok(());
@@ -181,7 +188,7 @@ impl Client {
             self.flush()?;
         }
         if readable {
-            self.on_readable(hup, io, handler, now_ns)?;
+            self.on_readable(hup, io, handler)?;
         }
         Ok(())
     }
@@ -219,14 +226,13 @@ impl Client {
         hup: bool,
         io: &mut Io,
         handler: &mut impl Handler,
-        now_ns: u64,
     ) -> Result<(), End> {
         let mut buf = mem::take(&mut io.read_buf);
         let result = loop {
             match self.stream.read(&mut buf) {
                 Ok(0) => break Err(self.eof_end()),
                 Ok(n) => {
-                    if let Err(end) = self.input(&mut buf[..n], io, handler, now_ns) {
+                    if let Err(end) = self.input(&mut buf[..n], io, handler, now_ns()) {
                         break Err(end);
                     }
                     if n < buf.len() && !hup {
@@ -242,7 +248,7 @@ impl Client {
         result
     }
 
-    /// Processes one read's worth of input, then writes what is owed.
+    /// Processes one read's worth of input (read at `now_ns`), then writes what is owed.
     fn input(
         &mut self,
         data: &mut [u8],
@@ -364,7 +370,7 @@ impl Client {
                         session,
                         cork: &mut io.cork,
                     };
-                    let r = handler.message(kind, &msg, &mut reply);
+                    let r = handler.message(kind, &msg, &mut reply, now_ns);
                     session.lend_buffer(|| msg);
                     r?;
                 }

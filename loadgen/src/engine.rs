@@ -354,16 +354,14 @@ impl Engine {
     }
 
     fn on_event(&mut self, key: usize, readable: bool, writable: bool, hup: bool) {
-        let now = now_ns();
         let conn = &mut self.conns[key];
         let mut on = OnConn {
             work: &mut self.work,
             peer: &mut conn.peer,
-            now,
         };
         let r = conn
             .client
-            .on_event(readable, writable, hup, &mut self.io, &mut on, now);
+            .on_event(readable, writable, hup, &mut self.io, &mut on);
         if let Err(end) = r {
             self.finish(key, end);
         }

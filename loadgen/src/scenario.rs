@@ -206,12 +206,11 @@ impl Work {
 }
 
 /// The [`Handler`] for one connection's read: the thread's [`Work`] and the connection's
-/// [`Peer`], at the time of the read.
+/// [`Peer`].
 #[derive(Debug)]
 pub struct OnConn<'a> {
     pub work: &'a mut Work,
     pub peer: &'a mut Peer,
-    pub now: u64,
 }
 
 impl Handler for OnConn<'_> {
@@ -224,15 +223,21 @@ impl Handler for OnConn<'_> {
         self.peer.opened = true;
     }
 
-    fn message(&mut self, kind: MessageKind, msg: &[u8], reply: &mut Reply<'_>) -> Result<(), End> {
+    fn message(
+        &mut self,
+        kind: MessageKind,
+        msg: &[u8],
+        reply: &mut Reply<'_>,
+        now: u64,
+    ) -> Result<(), End> {
         match self.work.cfg.scenario {
             Scenario::Connect if !self.work.cfg.echo_check => Ok(()),
             // A connect run's messages are then the answers to `--echo-check`.
             Scenario::Connect | Scenario::Echo => {
-                self.work.on_echo(self.peer, kind, msg, reply, self.now)
+                self.work.on_echo(self.peer, kind, msg, reply, now)
             }
             Scenario::Fanout => {
-                self.work.on_delivery(self.peer, kind, msg, self.now);
+                self.work.on_delivery(self.peer, kind, msg, now);
                 Ok(())
             }
         }

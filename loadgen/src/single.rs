@@ -29,6 +29,7 @@ impl Handler for Inbox {
         kind: MessageKind,
         msg: &[u8],
         _reply: &mut Reply<'_>,
+        _now_ns: u64,
     ) -> Result<(), End> {
         self.received += 1;
         if self.keep {
@@ -119,14 +120,9 @@ impl Single {
         }
         if (ready.0 || ready.1) && self.end.is_none() {
             let (readable, writable, hup) = ready;
-            let r = self.client.on_event(
-                readable,
-                writable,
-                hup,
-                &mut self.io,
-                &mut self.inbox,
-                now_ns(),
-            );
+            let r = self
+                .client
+                .on_event(readable, writable, hup, &mut self.io, &mut self.inbox);
             self.end = r.err();
         }
         Ok(())
