@@ -22,7 +22,7 @@ use gateway::proto::deflate;
 use gateway::proto::handshake::{
     ClientHandshakeError, client_key, parse_client_response, write_client_request,
 };
-use gateway::proto::{CloseCode, Event, MessageKind, Rng, Role, Session, SessionState, Tick};
+use gateway::proto::{ClientSession, CloseCode, Event, MessageKind, Rng, SessionState, Tick};
 use mio::net::TcpStream;
 
 use crate::clock::now_ns;
@@ -106,7 +106,7 @@ pub trait Handler {
 /// Sending on the connection whose message is being handled.
 #[derive(Debug)]
 pub struct Reply<'a> {
-    session: &'a mut Session,
+    session: &'a mut ClientSession,
     cork: &'a mut Vec<u8>,
 }
 
@@ -125,7 +125,7 @@ enum Stage {
         key: Box<str>,
         deflate: bool,
     },
-    Open(Box<Session>),
+    Open(Box<ClientSession>),
 }
 
 /// One client connection.
@@ -136,6 +136,8 @@ pub struct Client {
     started_ns: u64,
     /// Received bytes not consumed yet (only while a frame or the response head is incomplete).
     inbuf: Vec<u8>,
+    /// The message being assembled (lent to the session).
+    msg: Vec<u8>,
     /// Output the socket did not take yet.
     out: Vec<u8>,
 }
@@ -148,6 +150,7 @@ impl Client {
             stage: Stage::Connecting,
             started_ns: now_ns,
             inbuf: Vec::new(),
+            msg: Vec::new(),
             out: Vec::new(),
         })
     }
@@ -303,12 +306,11 @@ impl Client {
             ));
         }
         handler.opened(now_ns.saturating_sub(self.started_ns));
-        let session = Session::new(
-            Role::Client,
+        let session = ClientSession::new(
+            Rng::new(io.rng.next_u64()),
             MAX_MESSAGE,
             accepted.deflate,
             self.tick(now_ns),
-            io.rng.next_u64(),
         );
         self.stage = Stage::Open(Box::new(session));
         self.inbuf.drain(..accepted.head_len);
@@ -359,19 +361,18 @@ impl Client {
         loop {
             let was_open = session.is_open();
             let step = session
-                .handle_input(&mut buf[pos..], now, &mut io.cork)
+                .handle_input(&mut buf[pos..], &mut self.msg, now, &mut io.cork)
                 .map_err(|e| fail(format!("protocol error from the server: {e}")))?;
             pos += step.consumed;
             match step.event {
                 None if step.consumed == 0 => return Ok(pos),
                 Some(Event::Message(kind)) => {
-                    let msg = session.take_message();
                     let mut reply = Reply {
                         session,
                         cork: &mut io.cork,
                     };
-                    let r = handler.message(kind, &msg, &mut reply, now_ns);
-                    session.lend_buffer(|| msg);
+                    let r = handler.message(kind, &self.msg, &mut reply, now_ns);
+                    self.msg.clear();
                     r?;
                 }
                 // The server closed first: the session answered it; count why.

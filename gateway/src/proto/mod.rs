@@ -33,7 +33,9 @@ pub use error::ProtocolError;
 pub use frame::{FrameHeader, HeaderBuf, OpCode};
 pub use reader::{Event, MessageKind, Reader, Step};
 pub use rng::Rng;
-pub use session::{Session, SessionState, Tick, Timeout, Timeouts};
+pub use session::{
+    ClientSession, Masking, ServerSession, Session, SessionState, Tick, Timeout, Timeouts, Unmasked,
+};
 
 /// Which end of the connection this side is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

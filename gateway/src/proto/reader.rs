@@ -59,12 +59,14 @@ pub struct Reader {
     role: Role,
     /// Receiving side of permessage-deflate: (window bits, no context takeover), if negotiated.
     inflate: Option<(u8, bool)>,
-    max_message: usize,
+    /// Largest message, in bytes (at most 4 GiB).
+    max_message: u32,
     /// Payload bytes of the current data frame still to come.
     frame_left: u64,
     frame_mask: Option<[u8; 4]>,
-    /// Payload bytes of the current data frame already seen (for the mask offset).
-    frame_seen: u64,
+    /// Payload bytes of the current data frame already seen, modulo 256 (the mask offset is
+    /// this modulo 4).
+    frame_seen: u8,
     frame_fin: bool,
     in_frame: bool,
     /// The message in progress: its kind and whether it is compressed.
@@ -79,7 +81,7 @@ impl Reader {
         Reader {
             role,
             inflate,
-            max_message,
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
             frame_left: 0,
             frame_mask: None,
             frame_seen: 0,
@@ -172,10 +174,10 @@ impl Reader {
         let compressed = self.message.is_some_and(|(_, c)| c);
         // Limits are checked before any byte is kept: uncompressed sizes are known up front.
         if !compressed
-            && (message.len() as u64).saturating_add(h.payload_len) > self.max_message as u64
+            && (message.len() as u64).saturating_add(h.payload_len) > u64::from(self.max_message)
         {
             return Err(ProtocolError::MessageTooBig {
-                limit: self.max_message,
+                limit: self.max_message as usize,
             });
         }
         self.in_frame = true;
@@ -216,13 +218,13 @@ impl Reader {
         if let Some(key) = self.frame_mask {
             apply_mask(chunk, key, (self.frame_seen & 3) as usize);
         }
-        self.frame_seen += n as u64;
+        self.frame_seen = self.frame_seen.wrapping_add(n as u8);
         self.frame_left -= n as u64;
         let (kind, compressed) = self.message.expect("a data frame belongs to a message");
         if compressed {
             let start = message.len();
             let inf = self.inflater(inflater);
-            inf.inflate(chunk, message, self.max_message)?;
+            inf.inflate(chunk, message, self.max_message as usize)?;
             if kind == MessageKind::Text {
                 self.utf8
                     .feed(&message[start..])
@@ -272,7 +274,7 @@ impl Reader {
         if compressed {
             let start = message.len();
             let inf = self.inflater(inflater);
-            inf.finish(message, self.max_message)?;
+            inf.finish(message, self.max_message as usize)?;
             if !inf.keeps_context() {
                 *inflater = None;
             }

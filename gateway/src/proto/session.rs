@@ -17,6 +17,12 @@
 //!
 //! Time is a [`Tick`] in whatever unit the driver chooses (the server uses 50 ms ticks), passed
 //! in as an argument; the session never reads a clock, so a test drives it with a fake one.
+//!
+//! The message being assembled is the driver's buffer, lent to each [`Session::handle_input`]
+//! call: the server keeps one per worker and parks it only for a connection whose message spans
+//! reads, so an idle session holds no buffer and costs a few dozen bytes. The role is a type
+//! parameter: a [`ServerSession`] masks nothing and stores no generator; a [`ClientSession`]
+//! masks every frame with its own [`Rng`].
 
 use super::Role;
 use super::close::{CloseCode, encode_close_payload};
@@ -66,47 +72,67 @@ pub enum Timeout {
     CloseTimedOut,
 }
 
+/// How one end masks what it sends: the role, as a type.
+pub trait Masking: std::fmt::Debug {
+    const ROLE: Role;
+    /// The key for the next frame; `None` for a server, which does not mask.
+    fn next_mask(&mut self) -> Option<[u8; 4]>;
+}
+
+/// The server role: frames go out unmasked, and nothing is stored for it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unmasked;
+
+impl Masking for Unmasked {
+    const ROLE: Role = Role::Server;
+    fn next_mask(&mut self) -> Option<[u8; 4]> {
+        None
+    }
+}
+
+/// The client role: a fresh key from the generator for every frame.
+impl Masking for Rng {
+    const ROLE: Role = Role::Client;
+    fn next_mask(&mut self) -> Option<[u8; 4]> {
+        Some(self.mask())
+    }
+}
+
+/// A server's session.
+pub type ServerSession = Session<Unmasked>;
+/// A client's session.
+pub type ClientSession = Session<Rng>;
+
 /// The state of one open WebSocket connection.
 #[derive(Debug)]
-pub struct Session {
+pub struct Session<M: Masking> {
     reader: Reader,
-    /// The message being assembled; lent by the driver ([`Session::lend_buffer`]).
-    msg: Vec<u8>,
     /// The peer's compression context, when it keeps one between messages.
     inflater: Option<Box<Inflater>>,
-    /// Masks for what a client sends; unused by a server.
-    rng: Rng,
     /// Last time bytes arrived.
     last_rx: Tick,
-    /// Last keep-alive ping (or the open).
-    last_ping: Tick,
-    /// When our close frame went out (or the session closed).
-    closed_at: Tick,
+    /// While open: the last keep-alive ping (or the open). Once a close frame went out (or the
+    /// session closed): when that happened.
+    mark: Tick,
     /// Window bits of what this side sends compressed, when permessage-deflate was agreed.
     send_deflate: Option<u8>,
     state: SessionState,
+    masks: M,
 }
 
-impl Session {
-    /// A session that opened at `now`. `deflate` is what the handshake agreed; `seed` seeds the
-    /// masks of a client (a server may pass 0).
-    pub fn new(
-        role: Role,
-        max_message: usize,
-        deflate: Option<DeflateParams>,
-        now: Tick,
-        seed: u64,
-    ) -> Session {
+impl<M: Masking> Session<M> {
+    /// A session that opened at `now`. `deflate` is what the handshake agreed; `masks` is
+    /// [`Unmasked`] for a server, a seeded [`Rng`] for a client.
+    pub fn new(masks: M, max_message: usize, deflate: Option<DeflateParams>, now: Tick) -> Self {
+        let role = M::ROLE;
         Session {
             reader: Reader::new(role, max_message, deflate.map(|d| d.receiving(role))),
-            msg: Vec::new(),
             inflater: None,
-            rng: Rng::new(seed),
             last_rx: now,
-            last_ping: now,
-            closed_at: now,
+            mark: now,
             send_deflate: deflate.map(|d| d.sending(role).0),
             state: SessionState::Open,
+            masks,
         }
     }
 
@@ -119,8 +145,10 @@ impl Session {
         self.state == SessionState::Open
     }
 
-    fn role(&self) -> Role {
-        self.reader.role()
+    /// Whether a message is partly read: the driver must keep its message buffer for the
+    /// next [`Session::handle_input`].
+    pub fn in_message(&self) -> bool {
+        !self.reader.is_between_messages()
     }
 
     /// The window of what this side sends compressed, if permessage-deflate was agreed.
@@ -130,12 +158,14 @@ impl Session {
 
     /// Reads from `input`: at most one event per call, like [`Reader::read`], but with the
     /// obligations already met: a ping's pong and the answer to a close are appended to `out`.
-    /// A message's bytes are in [`Session::message`] until the next call. `consumed == 0` with
+    /// `msg` collects the message in progress: after an [`Event::Message`] it holds the whole
+    /// message, which the driver takes (and clears) before the next call. `consumed == 0` with
     /// no event means more bytes are needed. On a protocol violation the close frame it calls
     /// for is appended to `out`, the session is `Closed`, and the error is returned (to count).
     pub fn handle_input<'a>(
         &mut self,
         input: &'a mut [u8],
+        msg: &mut Vec<u8>,
         now: Tick,
         out: &mut Vec<u8>,
     ) -> Result<Step<'a>, ProtocolError> {
@@ -148,10 +178,7 @@ impl Session {
         if !input.is_empty() {
             self.last_rx = now;
         }
-        if self.reader.is_between_messages() {
-            self.msg.clear();
-        }
-        let step = match self.reader.read(input, &mut self.msg, &mut self.inflater) {
+        let step = match self.reader.read(input, msg, &mut self.inflater) {
             Ok(step) => step,
             Err(e) => {
                 self.close(e.close_code(), &e.to_string(), now, out);
@@ -173,35 +200,11 @@ impl Session {
                     self.write(OpCode::Close, &payload[..n], out);
                 }
                 self.state = SessionState::Closed;
-                self.closed_at = now;
+                self.mark = now;
             }
             _ => {}
         }
         Ok(step)
-    }
-
-    /// The message completed by the last [`Event::Message`].
-    pub fn message(&self) -> &[u8] {
-        &self.msg
-    }
-
-    /// Takes the buffer of the last completed message (leaving none).
-    pub fn take_message(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.msg)
-    }
-
-    /// Lends an empty buffer for the next message, unless the session holds one.
-    pub fn lend_buffer(&mut self, get: impl FnOnce() -> Vec<u8>) {
-        if self.msg.capacity() == 0 {
-            self.msg = get();
-        }
-    }
-
-    /// Gives back the message buffer while no message is in progress, so an idle connection
-    /// holds none.
-    pub fn idle_buffer(&mut self) -> Option<Vec<u8>> {
-        (self.reader.is_between_messages() && self.msg.capacity() > 0)
-            .then(|| std::mem::take(&mut self.msg))
     }
 
     /// The header of a data frame of `len` bytes whose payload the caller writes after it
@@ -213,7 +216,7 @@ impl Session {
         compressed: bool,
         len: usize,
     ) -> Option<HeaderBuf> {
-        debug_assert_eq!(self.role(), Role::Server, "clients mask: use send()");
+        debug_assert_eq!(M::ROLE, Role::Server, "clients mask: use send()");
         self.is_open()
             .then(|| HeaderBuf::new(kind.opcode(), compressed, None, len))
     }
@@ -234,7 +237,7 @@ impl Session {
             return false;
         }
         self.write(OpCode::Ping, &payload[..payload.len().min(125)], out);
-        self.last_ping = now;
+        self.mark = now;
         true
     }
 
@@ -248,12 +251,12 @@ impl Session {
         let n = encode_close_payload(&mut payload, code, reason);
         self.write(OpCode::Close, &payload[..n], out);
         self.state = SessionState::CloseSent;
-        self.closed_at = now;
+        self.mark = now;
         true
     }
 
     fn write(&mut self, opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
-        let mask = (self.role() == Role::Client).then(|| self.rng.mask());
+        let mask = self.masks.next_mask();
         write_frame(out, true, opcode, false, mask, payload);
     }
 
@@ -263,9 +266,9 @@ impl Session {
             SessionState::Open => self
                 .last_rx
                 .saturating_add(t.pong)
-                .min(self.last_rx.max(self.last_ping).saturating_add(t.ping)),
+                .min(self.last_rx.max(self.mark).saturating_add(t.ping)),
             SessionState::CloseSent | SessionState::Closed => {
-                self.closed_at.saturating_add(t.close_grace)
+                self.mark.saturating_add(t.close_grace)
             }
         }
     }
@@ -279,7 +282,7 @@ impl Session {
         match self.state {
             SessionState::Open if now >= self.last_rx.saturating_add(t.pong) => {
                 self.state = SessionState::Closed;
-                self.closed_at = now;
+                self.mark = now;
                 Timeout::PeerSilent
             }
             SessionState::Open => {

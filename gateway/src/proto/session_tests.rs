@@ -19,8 +19,10 @@ enum Got {
 }
 
 /// One end: its session, what it has written that the other end has not read, and what it read.
-struct End {
-    session: Session,
+struct End<M: Masking> {
+    session: Session<M>,
+    /// The message buffer the driver lends to the session.
+    msg: Vec<u8>,
     /// Bytes on the wire toward the other end.
     wire: Vec<u8>,
     /// Bytes received and not consumed yet (an incomplete frame).
@@ -28,10 +30,11 @@ struct End {
     got: Vec<Got>,
 }
 
-impl End {
-    fn new(role: Role, deflate: Option<DeflateParams>) -> End {
+impl<M: Masking> End<M> {
+    fn new(masks: M, deflate: Option<DeflateParams>) -> End<M> {
         End {
-            session: Session::new(role, 1 << 16, deflate, 0, 7),
+            session: Session::new(masks, 1 << 16, deflate, 0),
+            msg: Vec::new(),
             wire: Vec::new(),
             pending: Vec::new(),
             got: Vec::new(),
@@ -45,10 +48,13 @@ impl End {
             let mut input = std::mem::take(&mut self.pending);
             let mut pos = 0;
             loop {
-                match self
-                    .session
-                    .handle_input(&mut input[pos..], now, &mut self.wire)
-                {
+                let step = self.session.handle_input(
+                    &mut input[pos..],
+                    &mut self.msg,
+                    now,
+                    &mut self.wire,
+                );
+                match step {
                     Err(e) => {
                         self.got.push(Got::Failed(e.close_code().0));
                         pos = input.len();
@@ -59,11 +65,11 @@ impl End {
                         let got = match step.event {
                             None if step.consumed == 0 => break,
                             None => continue,
-                            Some(Event::Message(MessageKind::Text)) => Got::Text(
-                                String::from_utf8(self.session.message().to_vec()).unwrap(),
-                            ),
+                            Some(Event::Message(MessageKind::Text)) => {
+                                Got::Text(String::from_utf8(std::mem::take(&mut self.msg)).unwrap())
+                            }
                             Some(Event::Message(MessageKind::Binary)) => {
-                                Got::Binary(self.session.message().to_vec())
+                                Got::Binary(std::mem::take(&mut self.msg))
                             }
                             Some(Event::Ping(p)) => Got::Ping(p.to_vec()),
                             Some(Event::Pong(p)) => Got::Pong(p.to_vec()),
@@ -83,8 +89,8 @@ impl End {
 
 /// A server and a client joined by two in-memory wires.
 struct Pair {
-    server: End,
-    client: End,
+    server: End<Unmasked>,
+    client: End<Rng>,
     /// Bytes per delivery: 1 splits every frame byte by byte.
     split: usize,
 }
@@ -96,8 +102,8 @@ impl Pair {
 
     fn with_deflate(deflate: Option<DeflateParams>) -> Pair {
         Pair {
-            server: End::new(Role::Server, deflate),
-            client: End::new(Role::Client, deflate),
+            server: End::new(Unmasked, deflate),
+            client: End::new(Rng::new(7), deflate),
             split: usize::MAX,
         }
     }
@@ -462,14 +468,32 @@ fn a_masked_server_frame_fails_the_client() {
 }
 
 #[test]
-fn buffers_are_lent_and_returned_between_messages() {
+fn a_message_spanning_reads_keeps_the_session_in_message() {
     let mut p = Pair::new();
-    p.server.session.lend_buffer(|| Vec::with_capacity(4096));
-    p.client
-        .session
-        .send(MessageKind::Binary, &[7; 10], &mut p.client.wire);
+    write_frame(
+        &mut p.client.wire,
+        false,
+        OpCode::Binary,
+        false,
+        Some([3; 4]),
+        &[1; 10],
+    );
     p.pump(0);
-    let buf = p.server.session.idle_buffer().expect("between messages");
-    assert!(buf.capacity() >= 4096);
-    assert!(p.server.session.idle_buffer().is_none());
+    assert!(
+        p.server.session.in_message(),
+        "the driver must keep the buffer"
+    );
+    write_frame(
+        &mut p.client.wire,
+        true,
+        OpCode::Continuation,
+        false,
+        Some([3; 4]),
+        &[2],
+    );
+    p.pump(0);
+    assert!(!p.server.session.in_message());
+    let mut want = vec![1; 10];
+    want.push(2);
+    assert_eq!(p.server.got, [Got::Binary(want)]);
 }

@@ -100,16 +100,12 @@ impl Default for Config {
 
 /// The open-file soft limit less a reserve for listeners, wakers and files.
 fn default_max_conns() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
-    if ok {
-        (lim.rlim_cur as usize).saturating_sub(64).max(16)
-    } else {
-        1000
+    match crate::sys::nofile_limit() {
+        Ok((soft, _)) => usize::try_from(soft)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(64)
+            .max(16),
+        Err(_) => 1000,
     }
 }
 

@@ -3,14 +3,16 @@
 //!
 //! A connection moves Handshake -> Open -> Linger -> (removed), or Handshake -> Linger for a plain
 //! HTTP answer or a refused handshake. The phase enum owns what only that phase needs: the
-//! WebSocket [`Session`] exists only while the WebSocket is open.
+//! WebSocket session exists only while the WebSocket is open. What only some connections need
+//! for a while (bytes of a frame or request head that spans reads, a message that spans reads,
+//! a `/ws` connection's further topics) lives in side tables of the worker, not here.
 
 use mio::net::TcpStream;
 
 use super::ConnId;
 use super::outbox::Outbox;
 use crate::http::Route;
-use crate::proto::Session;
+use crate::proto::ServerSession;
 use crate::topics::TopicId;
 
 /// A connection's lifecycle phase.
@@ -29,14 +31,20 @@ pub(super) enum Phase {
 }
 
 /// An open WebSocket: the protocol session, what the endpoint does with messages, and the
-/// topics it follows.
+/// first topic it follows.
 #[derive(Debug)]
 pub(super) struct Ws {
-    pub session: Session,
+    pub session: ServerSession,
     pub route: Route,
-    /// Topics this connection is subscribed to (unallocated when none).
-    pub topics: Vec<TopicId>,
+    /// The first topic this connection subscribed to ([`NO_TOPIC`] when none). A chat or feed
+    /// socket follows exactly one, kept here; a `/ws` connection's further topics are in the
+    /// worker's side table, so no connection's topic list costs a heap allocation of its own
+    /// unless it follows several.
+    pub first_topic: TopicId,
 }
+
+/// No topic.
+pub(super) const NO_TOPIC: TopicId = TopicId::MAX;
 
 /// A connection: its slab entry is all an idle connection costs in user space.
 #[derive(Debug)]
@@ -64,17 +72,12 @@ pub(super) struct Conn {
     /// The peer shut its write side; the connection closes once its output drains.
     pub peer_closed: bool,
     pub phase: Phase,
-    /// Received bytes not consumed yet (part of a request head, frame header or control frame).
-    pub inbuf: Vec<u8>,
     /// Output the socket has not taken yet; `None` when everything went out.
     pub out: Option<Box<Outbox>>,
 }
 
 /// The per-connection cost is this struct; keep it from creeping (see docs/BENCHMARKS.md).
-const _: () = assert!(
-    std::mem::size_of::<Conn>() <= 192,
-    "Conn grew past 192 bytes"
-);
+const _: () = assert!(std::mem::size_of::<Conn>() <= 96, "Conn grew past 96 bytes");
 
 impl Conn {
     pub fn new(stream: TcpStream, generation: u32, now: u32) -> Conn {
@@ -90,7 +93,6 @@ impl Conn {
             write_shut: false,
             peer_closed: false,
             phase: Phase::Handshake,
-            inbuf: Vec::new(),
             out: None,
         }
     }

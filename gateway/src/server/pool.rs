@@ -42,13 +42,6 @@ impl BufPool {
         }
     }
 
-    /// Returns `buf` to the pool if it is empty, leaving an unallocated `Vec` in its place.
-    pub fn release_if_empty(&mut self, buf: &mut Vec<u8>) {
-        if buf.is_empty() && buf.capacity() > 0 {
-            self.put(std::mem::take(buf));
-        }
-    }
-
     #[cfg(test)]
     pub fn pooled(&self) -> usize {
         self.free.len()

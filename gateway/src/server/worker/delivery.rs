@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::Worker;
 use crate::proto::{CloseCode, MessageKind};
-use crate::server::conn::Phase;
+use crate::server::conn::{NO_TOPIC, Phase};
 use crate::server::stats::WorkerStats;
 use crate::topics::local::Sub;
 use crate::topics::{Published, Style, TopicId, TopicKind};
@@ -189,9 +189,7 @@ impl Worker {
         };
         let sub = self.shared.hub.subscribe(s.topic, since);
         let conn = self.conns[key].id(key);
-        if let Phase::Open(ws) = &mut self.conns[key].phase {
-            ws.topics.push(s.topic);
-        }
+        self.add_topic(key, s.topic);
         if let Some(name) = s.announce {
             let mut ack = json!({"type": "subscribed", "topic": name, "seq": sub.last_seq});
             if let Some(since) = since {
@@ -228,25 +226,61 @@ impl Worker {
 
     /// Ends one subscription of a connection; false if it had none to that topic.
     pub(super) fn unsubscribe(&mut self, key: usize, topic: TopicId) -> bool {
-        let conn = self.conns[key].id(key);
+        if !self.remove_topic(key, topic) {
+            return false;
+        }
+        self.local.remove(topic, self.conns[key].id(key));
+        self.shared.hub.unsubscribe(topic);
+        true
+    }
+
+    /// The topics a connection follows: the first in its `Ws`, the rest in the side table.
+    pub(super) fn topics_of(&self, key: usize) -> impl Iterator<Item = TopicId> + '_ {
+        let first = match &self.conns[key].phase {
+            Phase::Open(ws) if ws.first_topic != NO_TOPIC => Some(ws.first_topic),
+            _ => None,
+        };
+        let more = self.more_topics.get(&key).map_or(&[][..], Vec::as_slice);
+        first.into_iter().chain(more.iter().copied())
+    }
+
+    fn add_topic(&mut self, key: usize, topic: TopicId) {
+        if let Phase::Open(ws) = &mut self.conns[key].phase {
+            if ws.first_topic == NO_TOPIC {
+                ws.first_topic = topic;
+            } else {
+                self.more_topics.entry(key).or_default().push(topic);
+            }
+        }
+    }
+
+    fn remove_topic(&mut self, key: usize, topic: TopicId) -> bool {
         let Phase::Open(ws) = &mut self.conns[key].phase else {
             return false;
         };
-        let Some(i) = ws.topics.iter().position(|&t| t == topic) else {
-            return false;
-        };
-        ws.topics.swap_remove(i);
-        self.local.remove(topic, conn);
-        self.shared.hub.unsubscribe(topic);
+        let more = self.more_topics.get_mut(&key);
+        if ws.first_topic == topic {
+            // The first of the rest (if any) moves in.
+            ws.first_topic = match more {
+                Some(v) if !v.is_empty() => v.swap_remove(0),
+                _ => NO_TOPIC,
+            };
+        } else {
+            let Some(v) = more else { return false };
+            let Some(i) = v.iter().position(|&t| t == topic) else {
+                return false;
+            };
+            v.swap_remove(i);
+        }
+        if self.more_topics.get(&key).is_some_and(Vec::is_empty) {
+            self.more_topics.remove(&key);
+        }
         true
     }
 
     /// A chat client said something: everyone in the room hears it, the sender included.
     pub(super) fn chat_message(&mut self, key: usize, kind: MessageKind, payload: &[u8]) {
-        let Phase::Open(ws) = &self.conns[key].phase else {
-            return;
-        };
-        let Some(&room) = ws.topics.first() else {
+        let Some(room) = self.topics_of(key).next() else {
             return;
         };
         // A chat message already read is never dropped; while the hub is congested the client

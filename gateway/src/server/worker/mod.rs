@@ -18,6 +18,7 @@
 //! delivery. So within one event a connection's slab entry never disappears under a caller:
 //! callers check `dead` (sending to a dead connection does nothing), never liveness.
 
+use std::collections::HashMap;
 use std::io;
 use std::mem;
 use std::net::{Shutdown, TcpListener as StdListener};
@@ -44,6 +45,7 @@ use super::stats::WorkerStats;
 use super::timer::{Entry, TimerWheel};
 use super::{ConnId, Generations, Shared};
 use crate::proto::{Compressor, Timeouts};
+use crate::topics::TopicId;
 use crate::topics::local::{LocalTopics, Sub};
 use crate::topics::mailbox::{self, Inbox, Mailbox};
 
@@ -88,6 +90,15 @@ pub(crate) struct Worker {
     batch: Vec<ConnId>,
     /// Chat connections not read while the hub is congested.
     hub_paused: Vec<ConnId>,
+    /// Side tables, by slab slot, for what only some connections need for a while (kept out
+    /// of `Conn` so an idle connection does not pay for them; an entry goes when its
+    /// connection is reaped):
+    /// received bytes not consumed yet (part of a request head or frame that spans reads),
+    partial_input: HashMap<usize, Vec<u8>>,
+    /// messages that span reads,
+    partial_msgs: HashMap<usize, Vec<u8>>,
+    /// and the topics of a `/ws` connection after its first.
+    more_topics: HashMap<usize, Vec<TopicId>>,
     /// This worker's subscriptions.
     local: LocalTopics,
     due_subs: Vec<Sub>,
@@ -141,6 +152,9 @@ impl Worker {
             mailbox,
             batch: Vec::new(),
             hub_paused: Vec::new(),
+            partial_input: HashMap::new(),
+            partial_msgs: HashMap::new(),
+            more_topics: HashMap::new(),
             local: LocalTopics::default(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),
@@ -279,7 +293,9 @@ impl Worker {
         if let Phase::Open(ws) = conn.phase {
             self.end_ws(id, ws);
         }
-        self.pool.put(conn.inbuf);
+        if let Some(buf) = self.partial_input.remove(&key) {
+            self.pool.put(buf);
+        }
         if let Some(out) = conn.out {
             out.recycle(&mut self.pool);
         }

@@ -163,13 +163,13 @@ impl Worker {
         let Some(id) = self.shared.hub.try_topic(topic, TopicKind::Stream) else {
             return self.reply_error(key, TOO_MANY_TOPICS, topic);
         };
-        let Phase::Open(ws) = &self.conns[key].phase else {
+        if !matches!(self.conns[key].phase, Phase::Open(_)) {
             return;
-        };
-        if ws.topics.contains(&id) {
+        }
+        if self.topics_of(key).any(|t| t == id) {
             return self.reply_error(key, "already subscribed", topic);
         }
-        if ws.topics.len() >= MAX_SUBSCRIPTIONS {
+        if self.topics_of(key).count() >= MAX_SUBSCRIPTIONS {
             let error = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
             return self.reply_error(key, &error, topic);
         }

@@ -75,26 +75,29 @@ impl Worker {
         }
     }
 
-    /// Handles `n` fresh bytes in the read buffer, together with any kept from before.
+    /// Handles `n` fresh bytes in the read buffer, together with any kept from before; keeps
+    /// what is not consumed yet in the side table.
     fn on_input(&mut self, key: usize, n: usize) {
         let mut rb = mem::take(&mut self.read_buf);
-        if self.conns[key].inbuf.is_empty() {
-            let used = self.process(key, &mut rb[..n]);
-            if used < n {
-                let conn = &mut self.conns[key];
-                if conn.inbuf.capacity() == 0 {
-                    conn.inbuf = self.pool.get();
+        match self.partial_input.remove(&key) {
+            None => {
+                let used = self.process(key, &mut rb[..n]);
+                if used < n && !self.conns[key].dead {
+                    let mut keep = self.pool.get();
+                    keep.extend_from_slice(&rb[used..n]);
+                    self.partial_input.insert(key, keep);
                 }
-                conn.inbuf.extend_from_slice(&rb[used..n]);
             }
-        } else {
-            let mut pending = mem::take(&mut self.conns[key].inbuf);
-            pending.extend_from_slice(&rb[..n]);
-            let used = self.process(key, &mut pending);
-            pending.drain(..used);
-            let conn = &mut self.conns[key];
-            conn.inbuf = pending;
-            self.pool.release_if_empty(&mut conn.inbuf);
+            Some(mut pending) => {
+                pending.extend_from_slice(&rb[..n]);
+                let used = self.process(key, &mut pending);
+                pending.drain(..used);
+                if pending.is_empty() || self.conns[key].dead {
+                    self.pool.put(pending);
+                } else {
+                    self.partial_input.insert(key, pending);
+                }
+            }
         }
         self.read_buf = rb;
     }

@@ -7,9 +7,11 @@ use std::mem;
 
 use super::Worker;
 use crate::http::Route;
-use crate::proto::{CloseCode, DeflateParams, Event, MessageKind, ProtocolError, Role, Session};
+use crate::proto::{
+    CloseCode, DeflateParams, Event, MessageKind, ProtocolError, ServerSession, Unmasked,
+};
 use crate::server::ConnId;
-use crate::server::conn::{Phase, Ws};
+use crate::server::conn::{NO_TOPIC, Phase, Ws};
 use crate::server::stats::WorkerStats;
 
 impl Worker {
@@ -18,17 +20,33 @@ impl Worker {
         let max_message = self.shared.config.max_message;
         let conn = &mut self.conns[key];
         conn.phase = Phase::Open(Ws {
-            session: Session::new(Role::Server, max_message, deflate, self.now, 0),
+            session: ServerSession::new(Unmasked, max_message, deflate, self.now),
             route,
-            topics: Vec::new(),
+            first_topic: NO_TOPIC,
         });
         conn.since = self.now;
         WorkerStats::add(&self.stats().ws_opened_total, 1);
         self.arm_timer(key);
     }
 
-    /// Reads frames; returns the bytes consumed.
+    /// Reads frames; returns the bytes consumed. The message buffer comes from the pool, or
+    /// from the side table when a message spans reads, and goes back to one of them.
     pub(super) fn read_frames(&mut self, key: usize, input: &mut [u8]) -> usize {
+        let mut msg = match self.partial_msgs.remove(&key) {
+            Some(buf) => buf,
+            None => self.pool.get(),
+        };
+        let pos = self.read_frames_into(key, input, &mut msg);
+        match &self.conns[key].phase {
+            Phase::Open(ws) if ws.session.in_message() && !self.conns[key].dead => {
+                self.partial_msgs.insert(key, msg);
+            }
+            _ => self.pool.put(msg),
+        }
+        pos
+    }
+
+    fn read_frames_into(&mut self, key: usize, input: &mut [u8], msg: &mut Vec<u8>) -> usize {
         let mut pos = 0;
         loop {
             let conn = &mut self.conns[key];
@@ -38,10 +56,10 @@ impl Worker {
             if conn.dead {
                 return input.len();
             }
-            ws.session.lend_buffer(|| self.pool.get());
+            let now = self.now;
             let step = match ws
                 .session
-                .handle_input(&mut input[pos..], self.now, &mut self.ctl)
+                .handle_input(&mut input[pos..], msg, now, &mut self.ctl)
             {
                 Ok(step) => step,
                 Err(e) => {
@@ -53,15 +71,14 @@ impl Worker {
             };
             pos += step.consumed;
             match step.event {
-                None if step.consumed == 0 => break,
+                None if step.consumed == 0 => return pos,
                 None | Some(Event::Pong(_)) => {}
                 Some(Event::Ping(_)) => self.send_ctl(key),
                 Some(Event::Message(kind)) => {
-                    let msg = ws.session.take_message();
                     let route = ws.route;
                     WorkerStats::add(&self.stats().messages_in_total, 1);
-                    self.on_message(key, route, kind, &msg);
-                    self.pool.put(msg);
+                    self.on_message(key, route, kind, msg);
+                    msg.clear();
                 }
                 Some(Event::Close(_)) => {
                     self.send_ctl(key);
@@ -70,12 +87,6 @@ impl Worker {
                 }
             }
         }
-        if let Phase::Open(ws) = &mut self.conns[key].phase {
-            if let Some(buf) = ws.session.idle_buffer() {
-                self.pool.put(buf);
-            }
-        }
-        pos
     }
 
     fn on_message(&mut self, key: usize, route: Route, kind: MessageKind, payload: &[u8]) {
@@ -134,11 +145,15 @@ impl Worker {
         WorkerStats::add(counter, 1);
     }
 
-    /// Releases what an open WebSocket held: its buffers and its subscriptions.
-    pub(super) fn end_ws(&mut self, id: ConnId, mut ws: Ws) {
+    /// Releases what an open WebSocket held: a message in progress and its subscriptions.
+    pub(super) fn end_ws(&mut self, id: ConnId, ws: Ws) {
         WorkerStats::add(&self.stats().ws_closed_total, 1);
-        self.pool.put(ws.session.take_message());
-        for topic in ws.topics {
+        if let Some(buf) = self.partial_msgs.remove(&id.slot()) {
+            self.pool.put(buf);
+        }
+        let more = self.more_topics.remove(&id.slot()).unwrap_or_default();
+        let first = (ws.first_topic != NO_TOPIC).then_some(ws.first_topic);
+        for topic in first.into_iter().chain(more) {
             self.local.remove(topic, id);
             self.shared.hub.unsubscribe(topic);
         }
