@@ -77,6 +77,10 @@ struct Args {
     /// back (503 with Retry-After, an error on /ws, chat clients paused).
     #[arg(long, default_value_t = DEFAULTS.max_backlog)]
     max_backlog: usize,
+    /// Under a high message rate, write each subscriber at most once per this interval, with
+    /// everything it is owed (a message after a quiet spell goes out at once); 0 disables.
+    #[arg(long, default_value_t = FlagDuration(DEFAULTS.flush_interval))]
+    flush_interval: FlagDuration,
     /// Messages kept per topic for `since` recovery.
     #[arg(long, default_value_t = DEFAULTS.history.messages)]
     history: usize,
@@ -146,6 +150,7 @@ impl Args {
             publish_token: self.publish_token.filter(|t| !t.is_empty()),
             max_topics: self.max_topics,
             max_backlog: self.max_backlog,
+            flush_interval: self.flush_interval.0,
             watch: self.watch,
             tail: self.tail,
             ..defaults
@@ -234,6 +239,7 @@ mod tests {
             history,
             max_topics,
             max_backlog,
+            flush_interval,
             publish_token,
             trust_loopback,
             watch,
@@ -273,6 +279,7 @@ mod tests {
         assert_eq!(*bytes, want.history.bytes, "history.bytes");
         assert_eq!(*max_topics, want.max_topics, "max_topics");
         assert_eq!(*max_backlog, want.max_backlog, "max_backlog");
+        assert_eq!(*flush_interval, want.flush_interval, "flush_interval");
         assert_eq!(*publish_token, want.publish_token, "publish_token");
         assert_eq!(*trust_loopback, want.trust_loopback, "trust_loopback");
         assert_eq!(*watch, want.watch, "watch");

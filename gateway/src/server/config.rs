@@ -56,6 +56,11 @@ pub struct Config {
     /// `Retry-After`, a `/ws` publish gets an `error`, chat clients are not read until the
     /// workers catch up. Bounds the memory between the hub and the workers. Default 16 MiB.
     pub max_backlog: usize,
+    /// Under a high message rate, each subscriber is written at most once per this interval,
+    /// with every frame it is owed in one write; a message that follows a quieter spell goes
+    /// out at once. Trades up to this much latency for far fewer syscalls. Default 5 ms; 0
+    /// writes every batch at once.
+    pub flush_interval: Duration,
     /// Bearer token that `POST /publish/..` from non-loopback addresses must present. Default
     /// none: only loopback clients may publish.
     pub publish_token: Option<String>,
@@ -90,6 +95,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             max_topics: 100_000,
             max_backlog: 16 * 1024 * 1024,
+            flush_interval: Duration::from_millis(5),
             publish_token: None,
             trust_loopback: true,
             watch: Vec::new(),

@@ -88,6 +88,11 @@ pub(crate) struct Worker {
     mailbox: Inbox,
     /// Connections with frames queued in the current delivery batch.
     batch: Vec<ConnId>,
+    /// When the last delivery batch was written, and when the pending one is due (see
+    /// `Worker::write_batch_when_due`); messages queued since the last write.
+    last_flush: Instant,
+    flush_due: Option<Instant>,
+    batch_messages: usize,
     /// Chat connections not read while the hub is congested.
     hub_paused: Vec<ConnId>,
     /// Side tables, by slab slot, for what only some connections need for a while (kept out
@@ -151,6 +156,9 @@ impl Worker {
             accept_errors: 0,
             mailbox,
             batch: Vec::new(),
+            last_flush: Instant::now(),
+            flush_due: None,
+            batch_messages: 0,
             hub_paused: Vec::new(),
             partial_input: HashMap::new(),
             partial_msgs: HashMap::new(),
@@ -173,9 +181,17 @@ impl Worker {
             // Never sleep while the hub has posted messages this worker has not delivered
             // (some may still be on their way into the channel; see `topics::mailbox`).
             let timeout = if self.backlog.is_empty() && !self.mailbox.is_pending() {
-                self.timers
+                let timer = self
+                    .timers
                     .ticks_to_next()
-                    .map(|t| self.until_tick(self.timers.current() + t))
+                    .map(|t| self.until_tick(self.timers.current() + t));
+                let flush = self
+                    .flush_due
+                    .map(|at| at.saturating_duration_since(Instant::now()));
+                match (timer, flush) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             } else {
                 Some(Duration::ZERO)
             };
