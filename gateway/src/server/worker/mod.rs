@@ -19,6 +19,7 @@
 //! callers check `dead` (sending to a dead connection does nothing), never liveness.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::mem;
 use std::net::{Shutdown, TcpListener as StdListener};
@@ -53,6 +54,33 @@ const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 /// The one read buffer of the loop: every socket is read into it.
 const READ_BUF: usize = 64 * 1024;
+/// A side table keyed by slab slot.
+type SideTable<V> = HashMap<usize, V, BuildHasherDefault<SlotHasher>>;
+
+/// Hashes a slab slot with one multiplication (Fibonacci hashing): slots are small, dense and
+/// chosen by the worker, not by a peer, so SipHash's protection against chosen keys buys
+/// nothing here, and the tables are consulted on every read.
+#[derive(Debug, Default)]
+struct SlotHasher(u64);
+
+impl Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// How often a worker with paused publishers checks whether the hub caught up.
+const PAUSED_RECHECK: Duration = Duration::from_millis(10);
 /// Pooled buffers kept per worker.
 const POOL_MAX: usize = 1024;
 
@@ -99,11 +127,11 @@ pub(crate) struct Worker {
     /// of `Conn` so an idle connection does not pay for them; an entry goes when its
     /// connection is reaped):
     /// received bytes not consumed yet (part of a request head or frame that spans reads),
-    partial_input: HashMap<usize, Vec<u8>>,
+    partial_input: SideTable<Vec<u8>>,
     /// messages that span reads,
-    partial_msgs: HashMap<usize, Vec<u8>>,
+    partial_msgs: SideTable<Vec<u8>>,
     /// and the topics of a `/ws` connection after its first.
-    more_topics: HashMap<usize, Vec<TopicId>>,
+    more_topics: SideTable<Vec<TopicId>>,
     /// This worker's subscriptions.
     local: LocalTopics,
     due_subs: Vec<Sub>,
@@ -160,9 +188,9 @@ impl Worker {
             flush_due: None,
             batch_messages: 0,
             hub_paused: Vec::new(),
-            partial_input: HashMap::new(),
-            partial_msgs: HashMap::new(),
-            more_topics: HashMap::new(),
+            partial_input: SideTable::default(),
+            partial_msgs: SideTable::default(),
+            more_topics: SideTable::default(),
             local: LocalTopics::default(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),
@@ -187,7 +215,9 @@ impl Worker {
                     .map(|t| self.until_tick(self.timers.current() + t));
                 let flush = self
                     .flush_due
-                    .map(|at| at.saturating_duration_since(Instant::now()));
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    // Paused publishers wait on other workers' backlogs: look again soon.
+                    .or((!self.hub_paused.is_empty()).then_some(PAUSED_RECHECK));
                 match (timer, flush) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
