@@ -56,7 +56,9 @@ struct Args {
     /// Time allowed to finish a close handshake.
     #[arg(long, default_value_t = FlagDuration(DEFAULTS.close_grace))]
     close_grace: FlagDuration,
-    /// Allow WebSockets only from this Origin (repeatable). Default: any origin.
+    /// Also allow browser pages from this Origin (repeatable; `*` allows any). Default: only
+    /// same-origin pages (an `Origin` must name the `Host`); clients without `Origin` are
+    /// always allowed.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allow_origin: Vec<String>,
     /// Subprotocol to offer (repeatable), in order of preference.

@@ -11,6 +11,7 @@
 //! - `refusals`: HTTP-level refusals (400, 403, 404, 405, 426, 431, 503) and their counters.
 //! - `violations`: protocol violations closed with 1002, 1007 and 1009, and their counters.
 //! - `deadlines`: handshake timeout, keep-alive pings and the pong timeout.
+//! - `origins`: same-origin by default, the allow list, cross-site publishes refused.
 //! - `plain_http`: `/healthz`, `/metrics`, `/`, unknown paths.
 //! - `isolation`: a misbehaving client never hurts the others.
 //! - `backpressure`: a publish flood: bounded backlog, publishers pushed back, slow consumers.
@@ -41,6 +42,8 @@ mod fragments;
 mod handshake;
 #[path = "integration/isolation.rs"]
 mod isolation;
+#[path = "integration/origins.rs"]
+mod origins;
 #[path = "integration/plain_http.rs"]
 mod plain_http;
 #[path = "integration/refusals.rs"]

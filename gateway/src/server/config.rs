@@ -38,8 +38,11 @@ pub struct Config {
     pub pong_timeout: Duration,
     /// How long a closing connection may take to finish the close handshake. Default 5 s.
     pub close_grace: Duration,
-    /// Origins allowed to open WebSockets (exact match of the `Origin` header). Empty: any
-    /// origin. Requests without `Origin` (non-browser clients) are always allowed.
+    /// Origins allowed besides the gateway's own (exact match of the `Origin` header; `*`: any).
+    /// By default only same-origin browser requests are allowed: an `Origin` must name the
+    /// request's `Host` ([`crate::http::origin`]); requests without `Origin` (non-browser
+    /// clients) are always allowed. Applies to every WebSocket path and to publishes that rely
+    /// on the loopback trust. Default none.
     pub allowed_origins: Vec<String>,
     /// Subprotocols the server speaks. Of those the client offers, the first in the client's
     /// order is chosen (the client lists its preference). Default none.
