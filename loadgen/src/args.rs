@@ -265,7 +265,11 @@ impl Args {
             ));
         }
         if self.scenario == Scenario::Fanout && !(self.rate.is_finite() && self.rate > 0.0) {
-            return Err("--rate must be a positive number of messages per second".into());
+            return Err(
+                "--rate must be a positive number of messages per second (as fast as \
+                        the server accepts: --scenario flood)"
+                    .into(),
+            );
         }
         Ok(())
     }

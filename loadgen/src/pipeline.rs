@@ -238,10 +238,14 @@ impl Pipeline<'_> {
         if let Some(f) = self.in_flight.front() {
             until = until.min(f.sent + self.timeout.as_nanos() as u64 + 1);
         }
-        let dt = Duration::from_nanos(until.saturating_sub(now));
+        let mut dt = Duration::from_nanos(until.saturating_sub(now));
         match self.conn.as_mut() {
-            // epoll waits in whole milliseconds: a sooner due time is slept to exactly.
+            // epoll waits in whole milliseconds (rounded up): it waits the whole ones before a
+            // due time, and what is left under a millisecond is slept to exactly.
             Some(conn) if dt >= Duration::from_millis(1) || wake.is_none() => {
+                if wake.is_some() {
+                    dt = Duration::from_millis(dt.as_millis() as u64);
+                }
                 match conn.poll.poll(&mut conn.events, Some(dt)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
