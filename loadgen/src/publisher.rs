@@ -155,18 +155,23 @@ pub fn publish(cfg: &Config, stop: &AtomicBool) -> Published {
     let mut out = Published::default();
     let start = now_ns();
     let sched = Schedule::new(cfg, start);
-    match cfg.publisher {
+    let ws = match cfg.publisher {
         PublisherKind::Http => {
             let target = cfg
                 .publish
                 .clone()
                 .expect("HTTP publishing has a publish URL");
             crate::pipeline::publish(cfg, target, &sched, stop, &mut out);
+            None
         }
         PublisherKind::Ws => publish_ws(cfg, &sched, stop, &mut out),
-    }
+    };
     out.elapsed_s = crate::clock::secs(start, now_ns());
     out.cpu = cpu0.since(&sys::thread_cpu());
+    // The close handshake is not publishing time.
+    if let Some(mut sink) = ws {
+        sink.finish();
+    }
     out
 }
 
@@ -181,13 +186,19 @@ fn sleep_until(due: u64, stop: &AtomicBool) {
     }
 }
 
-/// The WebSocket publisher: one message at a time, each written as it falls due.
-fn publish_ws(cfg: &Config, sched: &Schedule, stop: &AtomicBool, out: &mut Published) {
+/// The WebSocket publisher: one message at a time, each written as it falls due. Returns the
+/// connection, to be closed.
+fn publish_ws(
+    cfg: &Config,
+    sched: &Schedule,
+    stop: &AtomicBool,
+    out: &mut Published,
+) -> Option<WsSink> {
     let mut sink = match WsSink::connect(&cfg.target, cfg.deflate, cfg.timeout) {
         Ok(s) => s,
         Err(e) => {
             out.failures.add(&format!("publish: {e}"), 1);
-            return;
+            return None;
         }
     };
     let mut body = Vec::with_capacity(cfg.size.max(128));
@@ -219,7 +230,7 @@ fn publish_ws(cfg: &Config, sched: &Schedule, stop: &AtomicBool, out: &mut Publi
         }
         seq += 1;
     }
-    sink.finish();
+    Some(sink)
 }
 
 /// Text messages on the publisher's own WebSocket to the topic: a [`Single`] client. The

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::args::Scenario;
+use crate::args::{PublisherKind, Scenario};
 use crate::report::{FanoutReport, Report};
 use crate::stats::Percentiles;
 
@@ -147,14 +147,16 @@ fn fanout_rows(r: &Report, rows: &mut Vec<Row>) {
             f.publisher_max_lag_us
         ),
     };
+    let window = match f.publisher {
+        PublisherKind::Http => format!(
+            "up to {} of {} requests in flight; request ",
+            f.max_in_flight, f.publish_window
+        ),
+        PublisherKind::Ws => "send ".to_string(),
+    };
     rows.push(Row::Field(
         "publisher",
-        format!(
-            "{lag}up to {} of {} requests in flight; request {}",
-            f.max_in_flight,
-            f.publish_window,
-            fmt_percentiles(&f.publish_request)
-        ),
+        format!("{lag}{window}{}", fmt_percentiles(&f.publish_request)),
     ));
     rows.push(Row::More(format!(
         "publisher thread cpu {:.2} s user + {:.2} s sys = {:.0}% of one core over {:.1} s",
