@@ -56,6 +56,10 @@ struct Args {
     /// Time allowed to finish a close handshake.
     #[arg(long, default_value_t = FlagDuration(DEFAULTS.close_grace))]
     close_grace: FlagDuration,
+    /// On SIGTERM or SIGINT: stop accepting, send close 1001 to every WebSocket spread over
+    /// this window, let closes and queued output finish, exit 0. A second signal exits at once.
+    #[arg(long, default_value_t = FlagDuration(DEFAULTS.drain))]
+    drain: FlagDuration,
     /// Also allow browser pages from this Origin (repeatable; `*` allows any). Default: only
     /// same-origin pages (an `Origin` must name the `Host`); clients without `Origin` are
     /// always allowed.
@@ -135,6 +139,7 @@ impl Args {
             ping_interval: self.ping_interval.0,
             pong_timeout: self.pong_timeout.0,
             close_grace: self.close_grace.0,
+            drain: self.drain.0,
             allowed_origins: self.allow_origin,
             subprotocols: self.protocol,
             deflate: DeflateConfig {
@@ -195,13 +200,44 @@ fn main() -> ExitCode {
                 config.workers,
                 config.max_conns
             );
+            drain_on_signals(&server);
             server.join();
+            eprintln!("gateway: drained, exiting");
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("gateway: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// SIGTERM or SIGINT starts a graceful drain; a second one exits at once.
+fn drain_on_signals(server: &gateway::server::ServerHandle) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gateway: cannot handle signals ({e}); SIGTERM will kill without a drain");
+            return;
+        }
+    };
+    let drainer = server.drainer();
+    let spawned = std::thread::Builder::new()
+        .name("gw-signals".into())
+        .spawn(move || {
+            let mut seen = signals.forever();
+            if let Some(sig) = seen.next() {
+                eprintln!("gateway: signal {sig}: draining (a second signal exits at once)");
+                drainer.drain();
+            }
+            if let Some(sig) = seen.next() {
+                eprintln!("gateway: signal {sig} during the drain: exiting now");
+                std::process::exit(1);
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("gateway: cannot start the signal thread: {e}");
     }
 }
 
@@ -235,6 +271,7 @@ mod tests {
             ping_interval,
             pong_timeout,
             close_grace,
+            drain,
             allowed_origins,
             subprotocols,
             deflate,
@@ -261,6 +298,7 @@ mod tests {
         assert_eq!(*ping_interval, want.ping_interval, "ping_interval");
         assert_eq!(*pong_timeout, want.pong_timeout, "pong_timeout");
         assert_eq!(*close_grace, want.close_grace, "close_grace");
+        assert_eq!(*drain, want.drain, "drain");
         assert_eq!(*allowed_origins, want.allowed_origins, "allowed_origins");
         assert_eq!(*subprotocols, want.subprotocols, "subprotocols");
         let DeflateConfig {

@@ -3,6 +3,7 @@
 //! One test binary (so the gateway library is linked once), one module per area of the
 //! contract in DESIGN.md sections 4 and 5:
 //!
+//! - `drain`: the graceful drain, from the library and on SIGTERM.
 //! - `echo`: `/echo` returns every message byte for byte, at every payload-length form.
 //! - `fragments`: fragmented messages, with control frames between the fragments.
 //! - `handshake`: the opening handshake as real clients send it; subprotocols.
@@ -32,6 +33,8 @@ mod control;
 mod deadlines;
 #[path = "integration/deflate.rs"]
 mod deflate;
+#[path = "integration/drain.rs"]
+mod drain;
 #[path = "integration/echo.rs"]
 mod echo;
 #[path = "integration/feeds.rs"]

@@ -38,6 +38,10 @@ pub struct Config {
     pub pong_timeout: Duration,
     /// How long a closing connection may take to finish the close handshake. Default 5 s.
     pub close_grace: Duration,
+    /// On SIGTERM or SIGINT (or [`crate::server::ServerHandle::drain`]), the window over which
+    /// open WebSockets are sent close 1001, each at a random moment, before the process exits.
+    /// Default 10 s.
+    pub drain: Duration,
     /// Origins allowed besides the gateway's own (exact match of the `Origin` header; `*`: any).
     /// By default only same-origin browser requests are allowed: an `Origin` must name the
     /// request's `Host` ([`crate::http::origin`]); requests without `Origin` (non-browser
@@ -92,6 +96,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(54),
             pong_timeout: Duration::from_secs(60),
             close_grace: Duration::from_secs(5),
+            drain: Duration::from_secs(10),
             allowed_origins: Vec::new(),
             subprotocols: Vec::new(),
             deflate: DeflateConfig::default(),

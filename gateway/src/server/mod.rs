@@ -37,6 +37,8 @@ pub use stats::{Stats, WorkerStats};
 pub(crate) struct Shared {
     pub config: Config,
     pub shutdown: AtomicBool,
+    /// A graceful drain was asked for ([`ServerHandle::drain`]).
+    pub draining: AtomicBool,
     pub open_conns: AtomicUsize,
     pub stats: Stats,
     /// Shared with the feed threads, which publish to it.
@@ -67,6 +69,7 @@ impl Server {
             )),
             config,
             shutdown: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             open_conns: AtomicUsize::new(0),
         });
         let mut mailboxes = Vec::new();
@@ -181,6 +184,22 @@ impl ServerHandle {
         }
     }
 
+    /// Starts a graceful drain: the listeners close (new connections are refused), every open
+    /// WebSocket is sent close 1001 at a random moment within `--drain` (so clients do not all
+    /// reconnect at once), close handshakes and queued output finish, and the workers stop;
+    /// [`ServerHandle::join`] then returns.
+    pub fn drain(&self) {
+        self.drainer().drain();
+    }
+
+    /// A handle that can start the drain from another thread (a signal handler's).
+    pub fn drainer(&self) -> Drainer {
+        Drainer {
+            shared: self.shared.clone(),
+            wakers: self.wakers.clone(),
+        }
+    }
+
     /// Waits until the workers have stopped (after [`ServerHandle::shutdown`], or forever),
     /// then stops the feeds and waits for them.
     pub fn join(mut self) {
@@ -188,6 +207,7 @@ impl ServerHandle {
             let _ = t.join();
         }
         for s in self.sources.drain(..) {
+            s.stop();
             s.join();
         }
     }
@@ -203,6 +223,22 @@ impl Drop for ServerHandle {
         }
         for s in self.sources.drain(..) {
             s.join();
+        }
+    }
+}
+
+/// Starts a drain from any thread; see [`ServerHandle::drain`].
+#[derive(Debug, Clone)]
+pub struct Drainer {
+    shared: Arc<Shared>,
+    wakers: Vec<Mailbox>,
+}
+
+impl Drainer {
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        for w in &self.wakers {
+            w.wake();
         }
     }
 }

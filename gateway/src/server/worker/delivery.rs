@@ -323,7 +323,7 @@ impl Worker {
             }
             let key = id.slot();
             self.conns[key].hub_paused = false;
-            self.read_ready(key);
+            self.read_ready(key, false);
             self.reap(key);
         }
     }

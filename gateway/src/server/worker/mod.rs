@@ -11,6 +11,7 @@
 //!   frames, slow consumers, chat.
 //! - [`feeds`]: the `/ws/file/..` and `/ws/log/..` sockets.
 //! - [`timers`]: deadlines: handshake, keep-alive, close grace.
+//! - [`drain`]: the graceful drain: no more accepts, closes spread over `--drain`.
 //!
 //! **Ending a connection.** Only [`Worker::reap`] removes a connection from the slab. Every
 //! other path that finishes one (a failed write, a reset, a deadline, the end of a linger) marks
@@ -32,6 +33,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 mod delivery;
+mod drain;
 mod feeds;
 mod http;
 mod multiplex;
@@ -87,7 +89,9 @@ const POOL_MAX: usize = 1024;
 pub(crate) struct Worker {
     id: usize,
     poll: Poll,
-    listener: TcpListener,
+    /// `None` once a drain has started.
+    listener: Option<TcpListener>,
+    drain: Option<drain::Drain>,
     conns: Slab<Conn>,
     shared: Arc<Shared>,
     timers: TimerWheel,
@@ -164,7 +168,8 @@ impl Worker {
         let worker = Worker {
             id,
             poll,
-            listener,
+            listener: Some(listener),
+            drain: None,
             conns: Slab::with_capacity(per_worker),
             timers: TimerWheel::default(),
             due: Vec::new(),
@@ -218,10 +223,10 @@ impl Worker {
                     .map(|at| at.saturating_duration_since(Instant::now()))
                     // Paused publishers wait on other workers' backlogs: look again soon.
                     .or((!self.hub_paused.is_empty()).then_some(PAUSED_RECHECK));
-                match (timer, flush) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                [timer, flush, self.drain_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min()
             } else {
                 Some(Duration::ZERO)
             };
@@ -236,25 +241,33 @@ impl Worker {
                 self.shutdown();
                 return;
             }
+            if self.drain.is_none() && self.shared.draining.load(Ordering::Relaxed) {
+                self.start_drain();
+            }
             self.now = self.tick_now();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
                     t => {
-                        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                        self.conn_event(ConnId::from_token(t), readable, ev.is_writable());
+                        let closed = ev.is_read_closed() || ev.is_error();
+                        let readable = ev.is_readable() || closed;
+                        let id = ConnId::from_token(t);
+                        self.conn_event(id, readable, ev.is_writable(), closed);
                     }
                 }
             }
             self.drain_mailbox();
             for id in mem::take(&mut self.backlog) {
                 if self.is_live(id) {
-                    self.read_ready(id.slot());
+                    self.read_ready(id.slot(), false);
                     self.reap(id.slot());
                 }
             }
             self.expire_timers();
+            if self.drain.is_some() && self.drain_step() {
+                return;
+            }
         }
     }
 
@@ -266,7 +279,10 @@ impl Worker {
 
     fn accept(&mut self) {
         loop {
-            match self.listener.accept() {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
                 Ok((mut stream, _peer)) => {
                     WorkerStats::add(&self.stats().accepted_total, 1);
                     let open = self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
@@ -310,7 +326,7 @@ impl Worker {
         }
     }
 
-    fn conn_event(&mut self, id: ConnId, readable: bool, writable: bool) {
+    fn conn_event(&mut self, id: ConnId, readable: bool, writable: bool, read_closed: bool) {
         if !self.is_live(id) {
             return;
         }
@@ -319,7 +335,7 @@ impl Worker {
             self.on_writable(key);
         }
         if readable {
-            self.read_ready(key);
+            self.read_ready(key, read_closed);
         }
         self.reap(key);
     }

@@ -29,8 +29,10 @@ const READS_PER_TURN: usize = 8;
 const CORK_MAX: usize = 16 * 1024;
 
 impl Worker {
-    /// Reads what the socket has, within the turn's budget, and processes it.
-    pub(super) fn read_ready(&mut self, key: usize) {
+    /// Reads what the socket has, within the turn's budget, and processes it. `peer_done`: the
+    /// event also said the peer shut its side, so a short read is followed by one more (which
+    /// finds the end of stream) instead of waiting for an edge that will not come.
+    pub(super) fn read_ready(&mut self, key: usize, peer_done: bool) {
         for _ in 0..READS_PER_TURN {
             let conn = &mut self.conns[key];
             if conn.dead || conn.peer_closed || conn.hub_paused {
@@ -53,7 +55,7 @@ impl Worker {
             self.uncork(key);
             self.corked = None;
             self.cork.clear();
-            if self.conns[key].dead || n < self.read_buf.len() {
+            if self.conns[key].dead || (n < self.read_buf.len() && !peer_done) {
                 // A short read emptied the socket; the next edge will say when more arrives.
                 return;
             }
@@ -234,7 +236,7 @@ impl Worker {
         }
         if conn.paused && conn.queued() <= self.shared.config.max_queued {
             conn.paused = false;
-            self.read_ready(key);
+            self.read_ready(key, false);
         }
     }
 }
