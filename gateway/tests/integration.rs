@@ -4,6 +4,7 @@
 //! contract in DESIGN.md sections 4 and 5:
 //!
 //! - `echo`: `/echo` returns every message byte for byte, at every payload-length form.
+//! - `floods`: floods of tiny frames: endless empty fragments closed, the worker not monopolized.
 //! - `fragments`: fragmented messages, with control frames between the fragments.
 //! - `handshake`: the opening handshake as real clients send it; subprotocols.
 //! - `control`: ping/pong and the close handshake.
@@ -35,6 +36,8 @@ mod deflate;
 mod echo;
 #[path = "integration/feeds.rs"]
 mod feeds;
+#[path = "integration/floods.rs"]
+mod floods;
 #[path = "integration/fragments.rs"]
 mod fragments;
 #[path = "integration/handshake.rs"]

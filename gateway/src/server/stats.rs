@@ -48,6 +48,7 @@ counters! {
     bytes_out_total: "bytes written to sockets",
     close_1002_total: "connections failed with 1002 (protocol error)",
     close_1007_total: "connections failed with 1007 (invalid data)",
+    close_1008_total: "connections failed with 1008 (a message of too many frames for its size)",
     close_1009_total: "connections failed with 1009 (message too big)",
     handshake_timeouts_total: "connections dropped at the handshake timeout",
     pong_timeouts_total: "connections dropped at the pong timeout",

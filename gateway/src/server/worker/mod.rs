@@ -83,6 +83,8 @@ pub(crate) struct Worker {
     generations: Generations,
     /// Connections that used up their read budget and still have input.
     backlog: Vec<ConnId>,
+    /// Steps left in the turn of the connection being read (see `sockets::STEPS_PER_TURN`).
+    steps_left: u32,
     accept_errors: u64,
     /// Published messages from the hub.
     mailbox: Inbox,
@@ -148,6 +150,7 @@ impl Worker {
             timeouts: timers::session_timeouts(cfg),
             generations: Generations::default(),
             backlog: Vec::new(),
+            steps_left: 0,
             accept_errors: 0,
             mailbox,
             batch: Vec::new(),
@@ -204,6 +207,7 @@ impl Worker {
             self.drain_mailbox();
             for id in mem::take(&mut self.backlog) {
                 if self.is_live(id) {
+                    self.conns[id.slot()].backlogged = false;
                     self.read_ready(id.slot());
                     self.reap(id.slot());
                 }
