@@ -25,6 +25,8 @@ macro_rules! counters {
 counters! {
     accepted_total: "TCP connections accepted",
     refused_max_conns_total: "connections refused with 503 because --max-conns was reached",
+    accept_errors_total: "accept() failures (EMFILE, ENFILE, ...): the connection stays queued; accepting is retried every 50 ms",
+    refused_no_fds_total: "queued connections answered 503 through the reserve descriptor after a second without file descriptors",
     http_requests_total: "plain HTTP requests answered",
     http_refused_400_total: "requests answered 400 (malformed HTTP or handshake)",
     http_refused_403_total: "requests refused 403 (origin policy; publish from non-loopback without a configured token)",

@@ -21,8 +21,12 @@ pub(super) const TOO_MANY_TOPICS: &str = "the gateway holds its limit of topics 
 /// The answer to a publish while the workers are behind (`--max-backlog`).
 pub(super) const BUSY: &str = "the gateway is delivering a backlog (--max-backlog): retry shortly";
 
-const RESPONSE_503: &[u8] =
+/// The answer over `--max-conns`.
+pub(super) const RESPONSE_503_AT_CAPACITY: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\n\r\nserver at its connection limit\n";
+/// The answer when the process has no file descriptor left (given through the reserve).
+pub(super) const RESPONSE_503_NO_FDS: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\nRetry-After: 1\r\n\r\nserver out of file descriptors\n";
 
 /// What happens to the connection after an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,13 +317,13 @@ enum Refusal {
     Handshake(HandshakeError),
 }
 
-/// Answers 503 on a connection over the limit without giving it a slot: the answer (which fits
-/// a fresh socket's send buffer), a FIN, and whatever request bytes already arrived are read, so
+/// Answers a connection (503) without giving it a slot: the answer (which fits a fresh
+/// socket's send buffer), a FIN, and whatever request bytes already arrived are read, so
 /// closing does not reset the connection and destroy the answer. Bytes arriving later can still
-/// draw a reset; a client over the limit gets best effort, not a slot.
-pub(super) fn refuse_at_capacity(stream: &mio::net::TcpStream) {
+/// draw a reset; a client refused this way gets best effort, not a slot.
+pub(super) fn refuse_without_slot(stream: &mio::net::TcpStream, response: &[u8]) {
     let mut s = stream;
-    let _ = s.write(RESPONSE_503);
+    let _ = s.write(response);
     let _ = stream.shutdown(Shutdown::Write);
     let mut sink = [0u8; 4096];
     for _ in 0..4 {

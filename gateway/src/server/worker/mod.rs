@@ -3,6 +3,7 @@
 //! worker's state, its loop, accepting, and removing connections.
 //!
 //! The files of the worker, in the order a message meets them:
+//! - [`accept`]: new connections: `--max-conns`, and running out of descriptors (retry, reserve).
 //! - [`sockets`]: the edge-triggered I/O rules and the cork: reading, sending, queueing, draining.
 //! - [`http`]: a request head: route, upgrade or refusal, plain answers, the publish API.
 //! - [`ws`]: an open WebSocket: the `proto::Session` driven with the socket's bytes; echo.
@@ -30,6 +31,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+mod accept;
 mod delivery;
 mod feeds;
 mod http;
@@ -85,7 +87,8 @@ pub(crate) struct Worker {
     backlog: Vec<ConnId>,
     /// Steps left in the turn of the connection being read (see `sockets::STEPS_PER_TURN`).
     steps_left: u32,
-    accept_errors: u64,
+    /// Accepting after EMFILE/ENFILE: the retry timer, the reserve descriptor.
+    accept: accept::AcceptState,
     /// Published messages from the hub.
     mailbox: Inbox,
     /// Connections with frames queued in the current delivery batch.
@@ -151,7 +154,7 @@ impl Worker {
             generations: Generations::default(),
             backlog: Vec::new(),
             steps_left: 0,
-            accept_errors: 0,
+            accept: accept::AcceptState::new(),
             mailbox,
             batch: Vec::new(),
             hub_paused: Vec::new(),
@@ -176,9 +179,11 @@ impl Worker {
             // Never sleep while the hub has posted messages this worker has not delivered
             // (some may still be on their way into the channel; see `topics::mailbox`).
             let timeout = if self.backlog.is_empty() && !self.mailbox.is_pending() {
-                self.timers
+                let wheel = self
+                    .timers
                     .ticks_to_next()
-                    .map(|t| self.until_tick(self.timers.current() + t))
+                    .map(|t| self.until_tick(self.timers.current() + t));
+                accept::earlier(wheel, self.accept.retry_in())
             } else {
                 Some(Duration::ZERO)
             };
@@ -196,13 +201,16 @@ impl Worker {
             self.now = self.tick_now();
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(true),
                     WAKER => {}
                     t => {
                         let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                         self.conn_event(ConnId::from_token(t), readable, ev.is_writable());
                     }
                 }
+            }
+            if self.accept.retry_due() {
+                self.accept(false);
             }
             self.drain_mailbox();
             for id in mem::take(&mut self.backlog) {
@@ -220,52 +228,6 @@ impl Worker {
         self.conns
             .get(id.slot())
             .is_some_and(|c| c.generation == id.generation)
-    }
-
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((mut stream, _peer)) => {
-                    WorkerStats::add(&self.stats().accepted_total, 1);
-                    let open = self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
-                    if open >= self.shared.config.max_conns {
-                        self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
-                        WorkerStats::add(&self.stats().refused_max_conns_total, 1);
-                        http::refuse_at_capacity(&stream);
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    let entry = self.conns.vacant_entry();
-                    let id = ConnId::new(entry.key(), self.generations.next_generation());
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut stream, id.token(), interest)
-                        .is_err()
-                    {
-                        self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    entry.insert(Conn::new(stream, id.generation, self.now));
-                    self.arm_timer(id.slot());
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // EMFILE and friends: the connection stays in the kernel's queue. Say so
-                    // now and then, not on every attempt.
-                    self.accept_errors += 1;
-                    if self.accept_errors.is_power_of_two() {
-                        eprintln!(
-                            "gateway: worker {}: accept failed ({} times): {e}",
-                            self.id, self.accept_errors
-                        );
-                    }
-                    return;
-                }
-            }
-        }
     }
 
     fn conn_event(&mut self, id: ConnId, readable: bool, writable: bool) {
