@@ -15,6 +15,7 @@
 //! - `plain_http`: `/healthz`, `/metrics`, `/`, unknown paths.
 //! - `isolation`: a misbehaving client never hurts the others.
 //! - `backpressure`: a publish flood: bounded backlog, publishers pushed back, slow consumers.
+//! - `strict_http`: framing two readers could read differently is refused (no smuggling).
 //! - `topics`: chat rooms, the publish API, the `/ws` protocol, slow consumers.
 //! - `feeds`: file watch and log tail: writes, atomic replace, delete, truncation, rotation.
 //! - `scale`: thousands of idle connections on one gateway all still echo.
@@ -50,6 +51,8 @@ mod plain_http;
 mod refusals;
 #[path = "integration/scale.rs"]
 mod scale;
+#[path = "integration/strict_http.rs"]
+mod strict_http;
 #[path = "integration/topics.rs"]
 mod topics;
 #[path = "integration/violations.rs"]

@@ -49,6 +49,10 @@ impl Worker {
                 return input.len();
             }
         };
+        if let Err(e) = req.check_framing() {
+            self.refuse(key, &e);
+            return input.len();
+        }
         let (route, param) = routes::route(req.path());
         if route == Route::Publish {
             return self.publish_request(key, &req, param, input);
@@ -233,6 +237,7 @@ impl Worker {
             400 => &s.http_refused_400_total,
             401 => &s.http_refused_401_total,
             403 => &s.http_refused_403_total,
+            411 => &s.http_refused_411_total,
             413 => &s.http_refused_413_total,
             404 => &s.http_refused_404_total,
             405 => &s.http_refused_405_total,
