@@ -11,6 +11,7 @@
 //! feed sockets `/ws/chat/..`, `/ws/file/..` and `/ws/log/..` send it), the JSON envelope of the
 //! multiplexed `/ws` socket, and each of those compressed once per negotiated window size.
 
+pub mod listing;
 pub mod local;
 pub mod mailbox;
 
@@ -18,6 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::proto::{Compressor, HeaderBuf, MessageKind};
+pub use listing::{INDEX_TOPICS, TopicPage};
 pub use mailbox::{Inbox, Mailbox};
 
 /// Index of a topic in the hub; stable for the life of the process.

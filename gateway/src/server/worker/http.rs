@@ -14,7 +14,7 @@ use crate::http::response::{JSON, Response, TEXT, status_text, write_refusal};
 use crate::http::{self as routes, PlainContext, Route};
 use crate::proto::handshake::{self, HandshakeError, Request, ServerPolicy};
 use crate::server::stats::WorkerStats;
-use crate::topics::{Refused, TopicId, TopicKind, is_valid_topic};
+use crate::topics::{INDEX_TOPICS, Refused, TopicId, TopicKind, is_valid_topic};
 
 /// The answer when a new topic would pass `--max-topics`.
 pub(super) const TOO_MANY_TOPICS: &str = "the gateway holds its limit of topics (--max-topics)";
@@ -158,7 +158,7 @@ impl Worker {
                 ),
             ])
         };
-        let topics = || shared.hub.snapshot();
+        let topics = |prefix: &str| shared.hub.top_topics(prefix, INDEX_TOPICS);
         let file = |name: &str| feeds::file_view(&shared, name);
         let mut out = mem::take(&mut self.scratch);
         out.clear();
