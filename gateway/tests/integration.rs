@@ -13,6 +13,7 @@
 //! - `violations`: protocol violations closed with 1002, 1007 and 1009, and their counters.
 //! - `deadlines`: handshake timeout, keep-alive pings and the pong timeout.
 //! - `plain_http`: `/healthz`, `/metrics`, `/`, unknown paths.
+//! - `history_cap`: the history of all topics together stays under `--history-memory`.
 //! - `isolation`: a misbehaving client never hurts the others.
 //! - `backpressure`: a publish flood: bounded backlog, publishers pushed back, slow consumers.
 //! - `strict_http`: framing two readers could read differently is refused (no smuggling).
@@ -43,6 +44,8 @@ mod floods;
 mod fragments;
 #[path = "integration/handshake.rs"]
 mod handshake;
+#[path = "integration/history_cap.rs"]
+mod history_cap;
 #[path = "integration/isolation.rs"]
 mod isolation;
 #[path = "integration/plain_http.rs"]

@@ -156,6 +156,11 @@ impl Worker {
                     "bytes of those messages (payload plus a fixed overhead each)",
                     bytes as u64,
                 ),
+                (
+                    "history_bytes",
+                    "payload bytes held in the history of all stream topics (--history-memory)",
+                    shared.hub.history_bytes() as u64,
+                ),
             ])
         };
         let topics = |prefix: &str| shared.hub.top_topics(prefix, INDEX_TOPICS);
