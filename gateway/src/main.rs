@@ -56,7 +56,9 @@ struct Args {
     /// Time allowed to finish a close handshake.
     #[arg(long, default_value_t = FlagDuration(DEFAULTS.close_grace))]
     close_grace: FlagDuration,
-    /// Allow WebSockets only from this Origin (repeatable). Default: any origin.
+    /// Also allow browser pages from this Origin (repeatable; `*` allows any). Default: only
+    /// same-origin pages (an `Origin` must name the `Host`); clients without `Origin` are
+    /// always allowed.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allow_origin: Vec<String>,
     /// Subprotocol to offer (repeatable), in order of preference.
@@ -77,6 +79,10 @@ struct Args {
     /// back (503 with Retry-After, an error on /ws, chat clients paused).
     #[arg(long, default_value_t = DEFAULTS.max_backlog)]
     max_backlog: usize,
+    /// Under a high message rate, write each subscriber at most once per this interval, with
+    /// everything it is owed (a message after a quiet spell goes out at once); 0 disables.
+    #[arg(long, default_value_t = FlagDuration(DEFAULTS.flush_interval))]
+    flush_interval: FlagDuration,
     /// Messages kept per topic for `since` recovery.
     #[arg(long, default_value_t = DEFAULTS.history.messages)]
     history: usize,
@@ -151,6 +157,7 @@ impl Args {
             publish_token: self.publish_token.filter(|t| !t.is_empty()),
             max_topics: self.max_topics,
             max_backlog: self.max_backlog,
+            flush_interval: self.flush_interval.0,
             watch: self.watch,
             tail: self.tail,
             ..defaults
@@ -240,6 +247,7 @@ mod tests {
             history_memory,
             max_topics,
             max_backlog,
+            flush_interval,
             publish_token,
             trust_loopback,
             watch,
@@ -280,6 +288,7 @@ mod tests {
         assert_eq!(*history_memory, want.history_memory, "history_memory");
         assert_eq!(*max_topics, want.max_topics, "max_topics");
         assert_eq!(*max_backlog, want.max_backlog, "max_backlog");
+        assert_eq!(*flush_interval, want.flush_interval, "flush_interval");
         assert_eq!(*publish_token, want.publish_token, "publish_token");
         assert_eq!(*trust_loopback, want.trust_loopback, "trust_loopback");
         assert_eq!(*watch, want.watch, "watch");

@@ -12,6 +12,7 @@
 //! - `refusals`: HTTP-level refusals (400, 403, 404, 405, 426, 431, 503) and their counters.
 //! - `violations`: protocol violations closed with 1002, 1007 and 1009, and their counters.
 //! - `deadlines`: handshake timeout, keep-alive pings and the pong timeout.
+//! - `origins`: same-origin by default, the allow list, cross-site publishes refused.
 //! - `plain_http`: `/healthz`, `/metrics`, `/`, unknown paths.
 //! - `history_cap`: the history of all topics together stays under `--history-memory`.
 //! - `isolation`: a misbehaving client never hurts the others.
@@ -48,6 +49,8 @@ mod handshake;
 mod history_cap;
 #[path = "integration/isolation.rs"]
 mod isolation;
+#[path = "integration/origins.rs"]
+mod origins;
 #[path = "integration/plain_http.rs"]
 mod plain_http;
 #[path = "integration/refusals.rs"]

@@ -28,12 +28,26 @@ pub enum Scenario {
     Echo,
     /// N subscribers on a topic; a publisher sends --rate messages/s to it.
     Fanout,
+    /// N subscribers (may be 0) on a topic; the publisher floods it for --duration, as fast as
+    /// the server accepts (--rate is not used), counting 200s and 503s, server closes, and the
+    /// targets' peak memory.
+    Flood,
 }
+
+impl Scenario {
+    /// Whether a publisher sends to the subscribers' topic (fanout and flood).
+    pub fn publishes(self) -> bool {
+        matches!(self, Scenario::Fanout | Scenario::Flood)
+    }
+}
+
+/// Default `--publish-window`: HTTP requests in flight on the publisher's connection.
+pub const DEFAULT_PUBLISH_WINDOW: usize = 256;
 
 /// How the fan-out publisher reaches the topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 pub enum PublisherKind {
-    /// `POST /publish/TOPIC` over one keep-alive HTTP/1.1 connection.
+    /// `POST /publish/TOPIC` over one keep-alive HTTP/1.1 connection, pipelined.
     Http,
     /// Text messages on its own WebSocket to the topic URL (a chat client).
     Ws,
@@ -44,13 +58,23 @@ pub enum PublisherKind {
 /// Exit status: 0 when every client did what was asked; 3 when the run finished but some
 /// connections failed, some echo did not verify or some delivery was lost; 2 for bad flags;
 /// 1 when the run could not be made (server unreachable, a worker process died).
+///
+/// Fanout: message i is due at start + i/--rate and carries that due time, so delivery latency
+/// is corrected for coordinated omission; the HTTP publisher pipelines its requests (up to
+/// --publish-window unanswered) and counts 503 refusals apart from losses.
+///
+/// Flood (`--scenario flood`): the publisher pipelines --size-byte messages as fast as the
+/// server accepts them for --duration; the summary counts 200s and 503s (with and without
+/// Retry-After), the deliveries, the subscribers the server closed and with which close code
+/// (1008: slow consumer), and with --target-pid the target's peak and final memory (VmRSS,
+/// sampled every 100 ms). --conns may be 0 (no subscribers).
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version)]
 pub struct Args {
     /// Target URL [default: ws://127.0.0.1:8080/echo; for fanout ws://127.0.0.1:8080/ws/chat/loadgen].
     #[arg(long)]
     pub url: Option<String>,
-    /// Connections (clients; for fanout, subscribers) to open.
+    /// Connections (clients; for fanout and flood, subscribers) to open.
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
     #[arg(long, value_enum, default_value_t = Scenario::Connect)]
@@ -73,9 +97,13 @@ pub struct Args {
     /// Fanout: messages per second the publisher sends.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
-    /// Fanout: how the publisher sends.
+    /// Fanout, flood: how the publisher sends.
     #[arg(long, value_enum, default_value_t = PublisherKind::Http)]
     pub publisher: PublisherKind,
+    /// Fanout, flood: HTTP publish requests in flight (sent, not yet answered) at most; when
+    /// the window is full the publisher waits, and falls behind schedule (reported as its lag).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PUBLISH_WINDOW)]
+    pub publish_window: usize,
     /// Fanout: the HTTP publish URL [default: derived from --url, /ws/TOPIC -> /publish/TOPIC].
     #[arg(long)]
     pub publish_url: Option<String>,
@@ -141,7 +169,9 @@ pub struct Config {
     pub size: usize,
     pub rate: f64,
     pub publisher: PublisherKind,
-    /// The HTTP publish endpoint (fanout with the HTTP publisher).
+    /// HTTP publish requests in flight at most.
+    pub publish_window: usize,
+    /// The HTTP publish endpoint (fanout or flood with the HTTP publisher).
     pub publish: Option<Endpoint>,
     pub publish_token: Option<String>,
     pub timeout: Duration,
@@ -184,6 +214,7 @@ impl Args {
             size: self.size,
             rate: self.rate,
             publisher: self.publisher,
+            publish_window: self.publish_window,
             publish,
             publish_token: self.publish_token,
             timeout: self.timeout,
@@ -203,8 +234,11 @@ impl Args {
 
     /// Counts, sizes and rates, and which flags go together.
     fn check_numbers(&self) -> Result<(), String> {
-        if self.conns == 0 {
-            return Err("--conns must be at least 1".into());
+        if self.conns == 0 && self.scenario != Scenario::Flood {
+            return Err("--conns must be at least 1 (0 only for --scenario flood)".into());
+        }
+        if self.publish_window == 0 {
+            return Err("--publish-window must be at least 1".into());
         }
         if self.pipeline == 0 {
             return Err("--pipeline must be at least 1".into());
@@ -260,7 +294,7 @@ impl Args {
     /// The URL as given (or the scenario's default), the resolved target and publish endpoint.
     fn endpoints(&self) -> Result<(String, Endpoint, Option<Endpoint>), String> {
         let default_url = match self.scenario {
-            Scenario::Fanout => "ws://127.0.0.1:8080/ws/chat/loadgen",
+            Scenario::Fanout | Scenario::Flood => "ws://127.0.0.1:8080/ws/chat/loadgen",
             _ => "ws://127.0.0.1:8080/echo",
         };
         let url = self.url.clone().unwrap_or_else(|| default_url.to_string());
@@ -272,11 +306,11 @@ impl Args {
                 self.conns, self.per_addr
             ));
         }
-        let publish = match (self.scenario, self.publisher, &self.publish_url) {
-            (Scenario::Fanout, PublisherKind::Http, Some(u)) => {
+        let publish = match (self.scenario.publishes(), self.publisher, &self.publish_url) {
+            (true, PublisherKind::Http, Some(u)) => {
                 Some(url::parse_http(u).map_err(|e| format!("--publish-url {e}"))?)
             }
-            (Scenario::Fanout, PublisherKind::Http, None) => Some(url::publish_url_for(&target)?),
+            (true, PublisherKind::Http, None) => Some(url::publish_url_for(&target)?),
             _ => None,
         };
         Ok((url, target, publish))

@@ -201,6 +201,7 @@ impl Engine {
 
     fn begin_run(&mut self, now: u64) {
         self.local = Local::Running;
+        self.work.tracking = true;
         self.work.verified_at_run = self.work.results.counts.verified;
         self.work.sending = self.work.cfg.scenario == Scenario::Echo;
         self.each_open(now, Work::begin_run);
@@ -222,7 +223,7 @@ impl Engine {
     fn drained(&mut self, now: u64) -> bool {
         match self.work.cfg.scenario {
             Scenario::Connect | Scenario::Echo => self.work.inflight == 0,
-            Scenario::Fanout => {
+            Scenario::Fanout | Scenario::Flood => {
                 // A scan of every subscriber: done at most every 10 ms.
                 if now < self.last_drain_check + 10_000_000 {
                     return false;
@@ -242,6 +243,7 @@ impl Engine {
     /// Sends a close frame on every open connection; the rest is done by events.
     fn begin_close(&mut self, now: u64) {
         self.work.sending = false;
+        self.work.tracking = false;
         self.local = Local::Closing {
             until: now + self.work.cfg.timeout.as_nanos() as u64,
         };

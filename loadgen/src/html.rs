@@ -361,7 +361,7 @@ pub fn render(r: &Report) -> String {
     page.push('\n');
     // The connect scenario sends no messages: its third chart would be a flat line.
     let rate_chart: Option<RateChart> = match r.scenario {
-        crate::args::Scenario::Fanout => Some((
+        crate::args::Scenario::Fanout | crate::args::Scenario::Flood => Some((
             "Deliveries per second over time",
             "deliveries/s",
             |s| s.deliveries_per_s,

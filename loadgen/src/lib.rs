@@ -11,7 +11,8 @@
 //! - [`scenario`]: what each connection does in connect, echo and fanout runs.
 //! - [`fleet`]: the threads of this process, or worker processes when one process may not open
 //!   enough sockets; the worker line protocol.
-//! - [`publisher`]: the fan-out publisher (HTTP POST or WebSocket).
+//! - [`publisher`]: the fanout and flood publisher: schedule, figures, WebSocket publisher;
+//!   [`pipeline`]: the pipelined HTTP publisher.
 //! - [`payload`]: what messages carry and how echoes and deliveries are checked.
 //! - [`stats`]: histograms and counters that merge across threads and processes.
 //! - [`run`]: the controller: phases, progress line, timeline.
@@ -27,6 +28,7 @@ pub mod engine;
 pub mod fleet;
 pub mod html;
 pub mod payload;
+pub mod pipeline;
 pub mod publisher;
 pub mod report;
 pub mod run;

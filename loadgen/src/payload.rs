@@ -166,13 +166,19 @@ impl SeqTracker {
     pub fn has_seen(&self, last: u64) -> bool {
         self.next > last
     }
+
+    /// The number after the highest one seen (0 before any).
+    pub fn next(&self) -> u64 {
+        self.next
+    }
 }
 
 /// Lost and duplicated deliveries, from what the publisher had accepted and what subscribers
 /// counted per sequence number.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Accounting {
-    /// Deliveries expected: accepted messages times subscribers.
+    /// Deliveries expected: each accepted message times the subscribers that were there for
+    /// it (all of them, less those cut off before it).
     pub expected: u64,
     /// First-time deliveries of accepted messages.
     pub delivered: u64,
@@ -183,21 +189,44 @@ pub struct Accounting {
     pub lost_seq_examples: Vec<u64>,
     /// Deliveries of numbers the publisher never had accepted (sent but refused, or never sent).
     pub unexpected: u64,
+    /// Subscribers that ended during the run or the drain (closed by the server, say).
+    pub subscribers_cut_off: u64,
+    /// Deliveries of accepted messages not expected because their subscriber had been cut off
+    /// before them: what the server dropped when it closed a slow consumer, for instance.
+    pub cut_off: u64,
 }
 
-/// Compares per-sequence first-delivery counts against `subscribers` deliveries for each
-/// accepted sequence number.
-pub fn account(per_seq: &[u32], accepted: &[bool], subscribers: u64) -> Accounting {
-    let mut a = Accounting::default();
+/// Compares per-sequence first-delivery counts against the deliveries expected for each
+/// accepted sequence number: one per subscriber, less the subscribers cut off before it.
+/// `cut_off` holds, for each subscriber that ended early, the number after the last it got: it
+/// is expected to have every accepted message before that (a gap there is a loss), none after.
+pub fn account(
+    per_seq: &[u32],
+    accepted: &[bool],
+    subscribers: u64,
+    cut_off: &[u64],
+) -> Accounting {
+    let mut a = Accounting {
+        subscribers_cut_off: cut_off.len() as u64,
+        ..Accounting::default()
+    };
+    let mut cut = cut_off.to_vec();
+    cut.sort_unstable();
+    let mut gone = 0;
     let n = per_seq.len().max(accepted.len());
     for seq in 0..n {
+        while gone < cut.len() && cut[gone] <= seq as u64 {
+            gone += 1;
+        }
+        let there = subscribers.saturating_sub(gone as u64);
         let got = u64::from(per_seq.get(seq).copied().unwrap_or(0));
         if accepted.get(seq).copied().unwrap_or(false) {
-            a.expected += subscribers;
-            a.delivered += got.min(subscribers);
+            a.expected += there;
+            a.cut_off += subscribers - there;
+            a.delivered += got.min(there);
             // More first-time deliveries than subscribers cannot happen: each subscriber counts
             // a number once. Fewer is loss.
-            let lost = subscribers.saturating_sub(got);
+            let lost = there.saturating_sub(got);
             if lost > 0 {
                 a.lost += lost;
                 a.seqs_with_loss += 1;
@@ -281,14 +310,30 @@ mod tests {
         // accepted) yet one subscriber got it, seq 4 was accepted but nobody got it.
         let per_seq = [3, 2, 3, 1];
         let accepted = [true, true, true, false, true];
-        let a = account(&per_seq, &accepted, 3);
+        let a = account(&per_seq, &accepted, 3, &[]);
         assert_eq!(a.expected, 12);
         assert_eq!(a.delivered, 8);
         assert_eq!(a.lost, 4);
         assert_eq!(a.seqs_with_loss, 2);
         assert_eq!(a.lost_seq_examples, [1, 4]);
         assert_eq!(a.unexpected, 1);
-        let clean = account(&[5; 100], &[true; 100], 5);
+        let clean = account(&[5; 100], &[true; 100], 5, &[]);
         assert_eq!((clean.lost, clean.expected, clean.delivered), (0, 500, 500));
+    }
+
+    #[test]
+    fn subscribers_cut_off_are_expected_to_have_what_came_before() {
+        // 3 subscribers, 6 messages, seq 2 refused. One subscriber was closed after getting
+        // 0..=3 (next 4), another right at the start (next 0); the third got everything.
+        let accepted = [true, true, false, true, true, true];
+        let per_seq = [2, 2, 0, 2, 1, 1];
+        let a = account(&per_seq, &accepted, 3, &[4, 0]);
+        assert_eq!(a.subscribers_cut_off, 2);
+        assert_eq!(a.expected, 2 + 2 + 2 + 1 + 1);
+        assert_eq!(a.cut_off, 1 + 1 + 1 + 2 + 2);
+        assert_eq!((a.lost, a.delivered), (0, 8));
+        // Had the first one missed seq 1, that would be a loss.
+        let a = account(&[2, 1, 0, 2, 1, 1], &accepted, 3, &[4, 0]);
+        assert_eq!((a.lost, a.lost_seq_examples.as_slice()), (1, &[1][..]));
     }
 }

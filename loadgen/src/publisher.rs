@@ -1,266 +1,225 @@
-//! The fan-out publisher: sends `--rate` messages per second for `--duration` to the topic,
-//! over HTTP (`POST /publish/TOPIC`, one keep-alive connection) or over its own WebSocket
-//! (loadgen's one client connection, see `single`).
+//! The publisher of fanout and flood runs: what it did ([`Published`]), when each message is
+//! due ([`Schedule`]), and the WebSocket publisher (`--publisher ws`, loadgen's one client
+//! connection, see `single`). The HTTP publisher, pipelined, is in `pipeline`.
 //!
-//! It runs on one thread of the parent process, call by call: it is one connection
-//! doing a few thousand requests per second at most, so an event loop would buy nothing.
-//! Message `i` is due at `start + i / rate`; it carries that due time and the time it actually
-//! went out (see `payload`). When a request is slow, the following messages leave late but keep
-//! their due times, so the subscribers' latency includes the publisher's lag: the measurement is
-//! corrected for coordinated omission. The publisher's worst lag is reported too.
+//! It runs on one thread of the parent process, whose own CPU time is measured
+//! (getrusage RUSAGE_THREAD) and reported apart from the rest of loadgen.
+//!
+//! Fanout: message `i` is due at `start + i / rate`; it carries that due time and the time it
+//! actually went out (see `payload`). When the publisher falls behind (a slow socket, a full
+//! window of unanswered requests), the following messages leave late but keep their due times,
+//! so the subscribers' latency includes the publisher's lag: the measurement is corrected for
+//! coordinated omission. The publisher's worst lag is reported too. A publisher more than
+//! `--timeout` past the end of its schedule gives up; what it never sent is counted.
+//!
+//! Flood: no schedule; messages go out as fast as the connection takes them for `--duration`
+//! (each is "due" when it is sent).
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gateway::proto::MessageKind;
+use serde::Serialize;
 
-use crate::args::{Config, PublisherKind};
+use crate::args::{Config, PublisherKind, Scenario};
 use crate::clock::now_ns;
 use crate::payload;
 use crate::single::Single;
 use crate::stats::{Failures, Hist};
+use crate::sys::{self, CpuTime};
 use crate::url::Endpoint;
+
+/// How the server answered the publisher's messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Answers {
+    /// Published: HTTP 200 (WebSocket: written to the socket).
+    pub ok: u64,
+    /// 503 with `Retry-After`: the gateway pushed back (`--max-backlog`); nothing published.
+    pub busy: u64,
+    /// 503 without `Retry-After` (the topic limit); nothing published.
+    pub refused: u64,
+    /// Any other status (401, 413, ...), counted in the failures too.
+    pub other: u64,
+    /// No answer: the connection was lost or the answer timed out (or the run was aborted).
+    pub unanswered: u64,
+}
 
 /// What the publisher did.
 #[derive(Debug, Clone, Default)]
 pub struct Published {
-    /// Per sequence number: whether the server accepted it (HTTP 200, or written to the socket).
+    /// Per sequence number sent: whether the server accepted it (HTTP 200, or written to the
+    /// WebSocket). Refused (503) and unanswered messages are not accepted, so no subscriber is
+    /// expected to receive them.
     pub accepted: Vec<bool>,
+    pub answers: Answers,
     pub failures: Failures,
-    /// HTTP: request to response.
+    /// HTTP: from writing the request to reading its answer; WebSocket: writing the message.
     pub request_latency: Hist,
     /// Largest delay between a message's due time and its send time.
     pub max_lag_ns: u64,
+    /// Most HTTP requests in flight at once.
+    pub max_in_flight: u64,
+    /// Messages due that were never sent: the publisher gave up, more than `--timeout` behind.
+    pub unsent: u64,
     /// The `subscribers` figure of the last publish answer, if the server gave one.
     pub server_subscribers: Option<u64>,
-    /// Wall time from the first due time to the last send.
+    /// Wall time from the first due time to the last answer.
     pub elapsed_s: f64,
+    /// The publisher thread's own CPU time.
+    pub cpu: CpuTime,
 }
 
 impl Published {
+    /// The last sequence number the server accepted: every subscriber should receive it.
     pub fn last_seq(&self) -> Option<u64> {
-        (!self.accepted.is_empty()).then(|| self.accepted.len() as u64 - 1)
+        self.accepted.iter().rposition(|a| *a).map(|i| i as u64)
     }
 
     pub fn accepted_count(&self) -> u64 {
         self.accepted.iter().filter(|a| **a).count() as u64
     }
+
+    /// Records that message `seq` went out at `sent` though due at `due`.
+    pub(crate) fn sent(&mut self, seq: u64, due: u64, sent: u64) {
+        debug_assert_eq!(seq, self.accepted.len() as u64);
+        self.accepted.push(false);
+        self.max_lag_ns = self.max_lag_ns.max(sent.saturating_sub(due));
+    }
 }
 
-/// Messages a run publishes: rate times duration, at least one.
+/// Messages a fanout run publishes: rate times duration, at least one.
 pub fn message_count(rate: f64, duration: Duration) -> u64 {
     ((rate * duration.as_secs_f64()).round() as u64).max(1)
 }
 
-/// Publishes every message on schedule; `stop` ends early (abort).
-pub fn publish(cfg: &Config, stop: &Arc<AtomicBool>) -> Published {
-    let mut out = Published::default();
-    let count = message_count(cfg.rate, cfg.duration);
-    let interval = 1e9 / cfg.rate;
-    let mut sink: Box<dyn Sink> = match cfg.publisher {
-        PublisherKind::Http => Box::new(HttpSink {
-            token: cfg.publish_token.clone(),
-            ..HttpSink::new(
-                cfg.publish
-                    .clone()
-                    .expect("fanout over HTTP has a publish URL"),
-                cfg.timeout,
-            )
-        }),
-        PublisherKind::Ws => match WsSink::connect(&cfg.target, cfg.deflate, cfg.timeout) {
-            Ok(s) => Box::new(s),
-            Err(e) => {
-                out.failures.add(&format!("publish: {e}"), count);
-                out.accepted = vec![false; count as usize];
-                return out;
-            }
-        },
-    };
-    let mut body = Vec::with_capacity(cfg.size.max(128));
-    let start = now_ns();
-    for seq in 0..count {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let due = start + (seq as f64 * interval) as u64;
-        loop {
-            let now = now_ns();
-            if now >= due {
-                break;
-            }
-            std::thread::sleep(Duration::from_nanos(due - now).min(Duration::from_millis(5)));
-        }
-        let sent = now_ns();
-        out.max_lag_ns = out.max_lag_ns.max(sent - due);
-        payload::write_fanout(&mut body, cfg.size, seq, due, sent);
-        match sink.send(&body) {
-            Ok(answer) => {
-                out.request_latency.record(now_ns() - sent);
-                if let Some(n) = answer {
-                    out.server_subscribers = Some(n);
-                }
-                out.accepted.push(true);
-            }
-            Err(cause) => {
-                out.failures.add(&cause, 1);
-                out.accepted.push(false);
-            }
+/// When each message is due.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub start: u64,
+    /// Nanoseconds between messages; `None` floods.
+    interval: Option<f64>,
+    /// Fanout: messages in all.
+    count: u64,
+    /// Flood: the end of sending. Fanout: the point where a late publisher gives up.
+    end: u64,
+}
+
+/// What the schedule says about the next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Due at this time (now or earlier: send it; later: wait).
+    Due(u64),
+    /// Every message was sent (fanout) or the flood's time is up.
+    Done,
+    /// Fanout: more than `--timeout` past the schedule's end; `n` messages were never sent.
+    GaveUp(u64),
+}
+
+impl Schedule {
+    pub fn new(cfg: &Config, start: u64) -> Schedule {
+        let duration = cfg.duration.as_nanos() as u64;
+        match cfg.scenario {
+            Scenario::Flood => Schedule {
+                start,
+                interval: None,
+                count: u64::MAX,
+                end: start + duration,
+            },
+            _ => Schedule {
+                start,
+                interval: Some(1e9 / cfg.rate),
+                count: message_count(cfg.rate, cfg.duration),
+                end: start + duration + cfg.timeout.as_nanos() as u64,
+            },
         }
     }
+
+    /// Message `seq` (all before it were sent), at `now`.
+    pub fn next(&self, seq: u64, now: u64) -> Next {
+        match self.interval {
+            None if now >= self.end => Next::Done,
+            None => Next::Due(now),
+            Some(_) if seq >= self.count => Next::Done,
+            Some(_) if now >= self.end => Next::GaveUp(self.count - seq),
+            Some(interval) => Next::Due(self.start + (seq as f64 * interval) as u64),
+        }
+    }
+}
+
+/// The cause counted for messages never sent.
+pub const GAVE_UP: &str = "publish: never sent: the publisher was more than --timeout behind";
+
+/// Publishes every message on schedule (or floods); `stop` ends early (abort).
+pub fn publish(cfg: &Config, stop: &AtomicBool) -> Published {
+    let cpu0 = sys::thread_cpu();
+    let mut out = Published::default();
+    let start = now_ns();
+    let sched = Schedule::new(cfg, start);
+    match cfg.publisher {
+        PublisherKind::Http => {
+            let target = cfg
+                .publish
+                .clone()
+                .expect("HTTP publishing has a publish URL");
+            crate::pipeline::publish(cfg, target, &sched, stop, &mut out);
+        }
+        PublisherKind::Ws => publish_ws(cfg, &sched, stop, &mut out),
+    }
     out.elapsed_s = crate::clock::secs(start, now_ns());
-    sink.finish();
+    out.cpu = cpu0.since(&sys::thread_cpu());
     out
 }
 
-/// Where published messages go.
-trait Sink {
-    /// Sends one message; `Ok(Some(n))` when the server said how many subscribers it reached.
-    fn send(&mut self, body: &[u8]) -> Result<Option<u64>, String>;
-    fn finish(&mut self);
-}
-
-/// `POST` over one keep-alive HTTP/1.1 connection, reopened when the server closes it.
-#[derive(Debug)]
-struct HttpSink {
-    target: Endpoint,
-    timeout: Duration,
-    /// Sent as `Authorization: Bearer TOKEN` when given.
-    token: Option<String>,
-    conn: Option<TcpStream>,
-    request: Vec<u8>,
-    response: Vec<u8>,
-}
-
-impl HttpSink {
-    fn new(target: Endpoint, timeout: Duration) -> HttpSink {
-        HttpSink {
-            target,
-            timeout,
-            token: None,
-            conn: None,
-            request: Vec::new(),
-            response: Vec::new(),
+/// Sleeps until `due` (in steps, so a long wait still notices `stop`).
+fn sleep_until(due: u64, stop: &AtomicBool) {
+    loop {
+        let now = now_ns();
+        if now >= due || stop.load(Ordering::Relaxed) {
+            return;
         }
-    }
-
-    fn connect(&self) -> Result<TcpStream, String> {
-        let s = TcpStream::connect_timeout(&self.target.addr, self.timeout)
-            .map_err(|e| format!("publish: connect: {e}"))?;
-        let _ = s.set_nodelay(true);
-        s.set_read_timeout(Some(self.timeout))
-            .and_then(|()| s.set_write_timeout(Some(self.timeout)))
-            .map_err(|e| format!("publish: {e}"))?;
-        Ok(s)
+        std::thread::sleep(Duration::from_nanos(due - now).min(Duration::from_millis(5)));
     }
 }
 
-impl Sink for HttpSink {
-    fn send(&mut self, body: &[u8]) -> Result<Option<u64>, String> {
-        self.request.clear();
-        let _ = write!(
-            self.request,
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-            self.target.path,
-            self.target.host,
-            body.len()
-        );
-        if let Some(t) = &self.token {
-            let _ = write!(self.request, "Authorization: Bearer {t}\r\n");
+/// The WebSocket publisher: one message at a time, each written as it falls due.
+fn publish_ws(cfg: &Config, sched: &Schedule, stop: &AtomicBool, out: &mut Published) {
+    let mut sink = match WsSink::connect(&cfg.target, cfg.deflate, cfg.timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            out.failures.add(&format!("publish: {e}"), 1);
+            return;
         }
-        self.request.extend_from_slice(b"\r\n");
-        self.request.extend_from_slice(body);
-        let mut conn = match self.conn.take() {
-            Some(c) => c,
-            None => self.connect()?,
+    };
+    let mut body = Vec::with_capacity(cfg.size.max(128));
+    let mut seq = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let due = match sched.next(seq, now_ns()) {
+            Next::Done => break,
+            Next::GaveUp(n) => {
+                out.unsent = n;
+                out.failures.add(GAVE_UP, n);
+                break;
+            }
+            Next::Due(due) => due,
         };
-        conn.write_all(&self.request)
-            .map_err(|e| format!("publish: sending: {e}"))?;
-        let (status, keep_alive, subscribers) = read_response(&mut conn, &mut self.response)?;
-        if keep_alive {
-            self.conn = Some(conn);
-        }
-        if status != 200 {
-            return Err(format!("publish: HTTP {status}"));
-        }
-        Ok(subscribers)
-    }
-
-    fn finish(&mut self) {
-        self.conn = None;
-    }
-}
-
-/// Reads one HTTP response; returns its status, whether the connection stays open, and the
-/// `subscribers` field of a JSON body.
-fn read_response(
-    conn: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> Result<(u16, bool, Option<u64>), String> {
-    buf.clear();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        let parsed = resp
-            .parse(buf)
-            .map_err(|e| format!("publish: malformed HTTP response: {e}"))?;
-        if let httparse::Status::Complete(head) = parsed {
-            let status = resp.code.unwrap_or(0);
-            let (length, close) = length_and_close(resp.headers);
-            let length = length.ok_or("publish: response without Content-Length")?;
-            let keep_alive = resp.version == Some(1) && !close;
-            while buf.len() < head + length {
-                let n = read_some(conn, &mut chunk)?;
-                buf.extend_from_slice(&chunk[..n]);
+        sleep_until(due, stop);
+        let sent = now_ns();
+        out.sent(seq, due, sent);
+        payload::write_fanout(&mut body, cfg.size, seq, due, sent);
+        match sink.send(&body) {
+            Ok(()) => {
+                out.request_latency.record(now_ns() - sent);
+                out.accepted[seq as usize] = true;
+                out.answers.ok += 1;
             }
-            let subscribers =
-                serde_json::from_slice::<serde_json::Value>(&buf[head..head + length])
-                    .ok()
-                    .and_then(|v| v.get("subscribers").and_then(|s| s.as_u64()));
-            return Ok((status, keep_alive, subscribers));
-        }
-        if buf.len() > 64 * 1024 {
-            return Err("publish: response head too large".into());
-        }
-        let n = read_some(conn, &mut chunk)?;
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// The Content-Length of a response head, and whether it says `Connection: close`.
-fn length_and_close(headers: &[httparse::Header<'_>]) -> (Option<usize>, bool) {
-    let (mut length, mut close) = (None, false);
-    for h in headers {
-        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
-        if h.name.eq_ignore_ascii_case("Content-Length") {
-            length = value.parse().ok();
-        } else if h.name.eq_ignore_ascii_case("Connection") {
-            close = value.eq_ignore_ascii_case("close");
-        }
-    }
-    (length, close)
-}
-
-fn read_some(conn: &mut TcpStream, chunk: &mut [u8]) -> Result<usize, String> {
-    loop {
-        match conn.read(chunk) {
-            Ok(0) => return Err("publish: server closed the connection mid-response".into()),
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err("publish: no response before the timeout".into());
+            Err(cause) => {
+                out.failures.add(&cause, 1);
+                out.answers.unanswered += 1;
             }
-            Err(e) => return Err(format!("publish: reading the response: {e}")),
         }
+        seq += 1;
     }
+    sink.finish();
 }
 
 /// Text messages on the publisher's own WebSocket to the topic: a [`Single`] client. The
@@ -279,18 +238,15 @@ impl WsSink {
             timeout,
         })
     }
-}
 
-impl Sink for WsSink {
-    fn send(&mut self, body: &[u8]) -> Result<Option<u64>, String> {
+    fn send(&mut self, body: &[u8]) -> Result<(), String> {
         let conn = self
             .conn
             .as_mut()
             .ok_or("publish: the WebSocket is closed")?;
         conn.pump()
             .and_then(|()| conn.send(MessageKind::Text, body, self.timeout))
-            .map_err(|e| format!("publish: sending on the WebSocket: {e}"))?;
-        Ok(None)
+            .map_err(|e| format!("publish: sending on the WebSocket: {e}"))
     }
 
     fn finish(&mut self) {
@@ -303,7 +259,6 @@ impl Sink for WsSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
 
     #[test]
     fn message_count_follows_rate_and_duration() {
@@ -312,62 +267,43 @@ mod tests {
         assert_eq!(message_count(3.0, Duration::from_millis(500)), 2);
     }
 
-    /// A one-connection HTTP server that answers each request as told.
-    fn serve(answers: Vec<&'static str>) -> (Endpoint, std::thread::JoinHandle<Vec<String>>) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let h = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            let mut answers = answers.into_iter();
-            while let Some(mut answer) = answers.next() {
-                let (mut s, _) = l.accept().unwrap();
-                loop {
-                    let mut buf = vec![0u8; 8192];
-                    let n = s.read(&mut buf).unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
-                    s.write_all(answer.as_bytes()).unwrap();
-                    if answer.contains("Connection: close") {
-                        break;
-                    }
-                    match answers.next() {
-                        Some(a) => answer = a,
-                        None => return seen,
-                    }
-                }
-            }
-            seen
-        });
-        let target = Endpoint {
-            addr,
-            host: addr.to_string(),
-            path: "/publish/chat/t".into(),
-        };
-        (target, h)
+    fn cfg(flags: &[&str]) -> Config {
+        let mut argv = vec!["loadgen", "--timeout", "2s"];
+        argv.extend_from_slice(flags);
+        crate::args::parse(argv).unwrap()
     }
 
     #[test]
-    fn http_publish_keeps_alive_reads_subscribers_and_reconnects() {
-        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 44\r\n\r\n{\"topic\":\"chat/t\",\"seq\":1,\"subscribers\":3}  ";
-        let close =
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-        let (target, server) = serve(vec![ok, close, ok]);
-        let mut sink = HttpSink {
-            token: Some("s3cret".into()),
-            ..HttpSink::new(target, Duration::from_secs(5))
+    fn fanout_schedule_is_exact_and_gives_up_late() {
+        let c = cfg(&["--scenario", "fanout", "--rate", "1000", "--duration", "1s"]);
+        let s = Schedule::new(&c, 1_000);
+        assert_eq!(s.next(0, 0), Next::Due(1_000));
+        assert_eq!(s.next(999, 0), Next::Due(1_000 + 999_000_000));
+        assert_eq!(s.next(1000, 0), Next::Done);
+        // Three seconds in (one of schedule, two of --timeout): the rest is never sent.
+        assert_eq!(s.next(10, 1_000 + 3_000_000_000), Next::GaveUp(990));
+        assert_eq!(
+            s.next(10, 1_000 + 2_999_999_999),
+            Next::Due(1_000 + 10_000_000)
+        );
+    }
+
+    #[test]
+    fn flood_schedule_is_due_at_once_until_the_duration() {
+        let c = cfg(&["--scenario", "flood", "--duration", "1s"]);
+        let s = Schedule::new(&c, 1_000);
+        assert_eq!(s.next(12_345_678, 5_000), Next::Due(5_000));
+        assert_eq!(s.next(0, 1_000 + 1_000_000_000), Next::Done);
+    }
+
+    #[test]
+    fn last_seq_is_the_last_accepted() {
+        let p = Published {
+            accepted: vec![true, true, false, true, false, false],
+            ..Published::default()
         };
-        assert_eq!(sink.send(b"{\"seq\":0}"), Ok(Some(3)));
-        assert_eq!(sink.send(b"{\"seq\":1}"), Err("publish: HTTP 503".into()));
-        assert!(sink.conn.is_none(), "Connection: close is honoured");
-        assert_eq!(sink.send(b"{\"seq\":2}"), Ok(Some(3)));
-        sink.finish();
-        let seen = server.join().unwrap();
-        assert_eq!(seen.len(), 3);
-        assert!(seen[0].starts_with("POST /publish/chat/t HTTP/1.1\r\n"));
-        assert!(seen[0].contains("Content-Length: 9\r\n"));
-        assert!(seen[0].contains("Authorization: Bearer s3cret\r\n"));
-        assert!(seen[0].ends_with("{\"seq\":0}"));
+        assert_eq!(p.last_seq(), Some(3));
+        assert_eq!(p.accepted_count(), 3);
+        assert_eq!(Published::default().last_seq(), None);
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::args::{Config, Scenario};
+use crate::args::Config;
 use crate::clock::{now_ns, secs};
 use crate::control::Phase;
 use crate::fleet::{self, Fleet, LocalFleet, RemoteFleet, Slice, Totals};
@@ -26,6 +26,8 @@ use crate::sys::{self, CpuTime};
 const FD_RESERVE: u64 = 200;
 /// How often the timeline is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// How often the targets' memory (VmRSS) is sampled for its peak.
+const RSS_EVERY: Duration = Duration::from_millis(100);
 
 /// Processes needed for `conns` connections when each may open `per_process`.
 pub fn procs_needed(conns: usize, per_process: usize) -> usize {
@@ -111,6 +113,9 @@ struct Controller<'a> {
     /// The run phase's start and end.
     run_window: Option<(u64, u64)>,
     rss_at_ramp: Vec<Option<u64>>,
+    /// Each target's largest VmRSS so far, and when it was last sampled.
+    rss_peak: Vec<Option<u64>>,
+    last_rss_sample: u64,
     /// Tells the publisher to stop (abort).
     stop: Arc<AtomicBool>,
     publisher: Option<JoinHandle<Published>>,
@@ -125,11 +130,12 @@ struct Controller<'a> {
 impl<'a> Controller<'a> {
     fn start(cfg: &'a Config, plan: &Plan) -> Result<Controller<'a>, String> {
         let cpu_start = sys::self_cpu();
-        let targets_start = cfg
+        let targets_start: Vec<_> = cfg
             .target_pids
             .iter()
             .map(|&p| (p, sys::proc_cpu(p), sys::proc_rss(p)))
             .collect();
+        let rss_peak = targets_start.iter().map(|t| t.2).collect();
         let t0 = now_ns();
         let cfg_arc = Arc::new(cfg.clone());
         let fleet: Box<dyn Fleet> = if plan.procs == 1 {
@@ -152,6 +158,8 @@ impl<'a> Controller<'a> {
             ramp_end: None,
             run_window: None,
             rss_at_ramp: Vec::new(),
+            rss_peak,
+            last_rss_sample: t0,
             stop: Arc::new(AtomicBool::new(false)),
             publisher: None,
             published: None,
@@ -173,6 +181,9 @@ impl<'a> Controller<'a> {
             self.last_sample = (now, totals);
         }
         self.progress.show(now, self.phase, &totals, false);
+        if now >= self.last_rss_sample + RSS_EVERY.as_nanos() as u64 {
+            self.sample_rss(now);
+        }
         match self.phase {
             Phase::Ramp if totals.ramped => self.begin_run(now, totals)?,
             Phase::Run if self.run_over(now) => self.begin_drain(now)?,
@@ -188,6 +199,16 @@ impl<'a> Controller<'a> {
         Ok(false)
     }
 
+    /// Samples each target's VmRSS and keeps the largest.
+    fn sample_rss(&mut self, now: u64) {
+        self.last_rss_sample = now;
+        for (peak, &pid) in self.rss_peak.iter_mut().zip(&self.cfg.target_pids) {
+            if let Some(rss) = sys::proc_rss(pid) {
+                *peak = Some(peak.map_or(rss, |p| p.max(rss)));
+            }
+        }
+    }
+
     /// Every connection is open (or failed): the scenario starts.
     fn begin_run(&mut self, now: u64, totals: Totals) -> Result<(), String> {
         self.ramp_end = Some((now, totals));
@@ -200,15 +221,19 @@ impl<'a> Controller<'a> {
         self.fleet.set_phase(Phase::Run, None);
         self.phase = Phase::Run;
         self.run_window = Some((now, now));
-        if self.cfg.scenario == Scenario::Fanout {
+        if self.cfg.scenario.publishes() {
             let (c, s) = (self.cfg_arc.clone(), self.stop.clone());
-            self.publisher = Some(std::thread::spawn(move || publisher::publish(&c, &s)));
+            let spawned = std::thread::Builder::new()
+                .name("loadgen-publisher".into())
+                .spawn(move || publisher::publish(&c, &s))
+                .map_err(|e| format!("cannot start the publisher thread: {e}"))?;
+            self.publisher = Some(spawned);
         }
         // The run phase ends by itself (the duration, the publisher) or by stdin; the hang
         // guard covers the first only.
         self.abort_at = match self.released {
             Some(_) => u64::MAX,
-            None => now + self.cfg.duration.as_nanos() as u64 + ramp_bound(self.cfg),
+            None => now + run_bound(self.cfg),
         };
         if self.cfg.hold_stdin {
             say(&format!("open {}", totals.open))?;
@@ -240,7 +265,7 @@ impl<'a> Controller<'a> {
         self.run_window = Some((start, now));
         self.fleet.set_phase(Phase::Drain, last_seq);
         self.phase = Phase::Drain;
-        self.abort_at = now + 2 * self.cfg.timeout.as_nanos() as u64 + 10_000_000_000;
+        self.abort_at = now + drain_bound(self.cfg);
         Ok(())
     }
 
@@ -266,6 +291,7 @@ impl<'a> Controller<'a> {
             self.phase,
         ));
         self.progress.show(end, self.phase, &last_totals, true);
+        self.sample_rss(end);
         if let Some(p) = self.publisher.take() {
             self.published = p.join().ok();
         }
@@ -279,6 +305,7 @@ impl<'a> Controller<'a> {
         let mut cpu = self.cpu_start.since(&sys::self_cpu());
         cpu.add(&worker_cpu);
         let rss_at_ramp = self.rss_at_ramp;
+        let rss_peak = self.rss_peak;
         let targets = self
             .targets_start
             .into_iter()
@@ -291,6 +318,7 @@ impl<'a> Controller<'a> {
                 },
                 rss_before: rss0,
                 rss_at_ramp_end: rss_at_ramp.get(i).copied().flatten(),
+                rss_peak: rss_peak.get(i).copied().flatten(),
                 rss_after: sys::proc_rss(pid),
             })
             .collect();
@@ -326,6 +354,20 @@ fn ramp_bound(cfg: &Config) -> u64 {
         0
     };
     ramp * 2 + 2 * cfg.timeout.as_nanos() as u64 + 30_000_000_000
+}
+
+/// How long the run phase may take before the run counts as hung. It ends by itself after
+/// --duration, or when the publisher is done: a late publisher gives up --timeout after its
+/// schedule's end, and waits at most --timeout more for its last answers (a WebSocket send at
+/// most --timeout). Twice the timeout and a margin on top.
+fn run_bound(cfg: &Config) -> u64 {
+    cfg.duration.as_nanos() as u64 + 4 * cfg.timeout.as_nanos() as u64 + 30_000_000_000
+}
+
+/// How long the drain may take: every thread waits at most --timeout for the last echoes or
+/// deliveries, then at most --timeout for the close handshakes; a margin on top.
+fn drain_bound(cfg: &Config) -> u64 {
+    2 * cfg.timeout.as_nanos() as u64 + 10_000_000_000
 }
 
 /// `--hold-stdin`: a thread that sets the flag on a line or end of file on stdin (so the hold
@@ -442,6 +484,26 @@ mod tests {
         assert_eq!(procs_needed(19_800, 19_800), 1);
         assert_eq!(procs_needed(19_801, 19_800), 2);
         assert_eq!(procs_needed(1, 0), 1);
+    }
+
+    #[test]
+    fn the_hang_guard_scales_with_duration_and_timeout() {
+        let cfg = |d: &str, t: &str| {
+            let argv = ["loadgen", "--scenario", "fanout", "--rate", "1000"];
+            let mut argv = argv.to_vec();
+            argv.extend_from_slice(&["--conns", "1000", "--duration", d, "--timeout", t]);
+            crate::args::parse(argv).unwrap()
+        };
+        // A 10 s fanout: the publisher's own limits (the schedule, --timeout to finish it,
+        // --timeout for the last answers) end well within the guard.
+        let c = cfg("10s", "10s");
+        let publisher_limit = (10 + 10 + 10) * 1_000_000_000;
+        assert!(run_bound(&c) >= publisher_limit + 10_000_000_000);
+        let long = cfg("1h", "10s");
+        assert!(run_bound(&long) > 3_600_000_000_000);
+        let slow = cfg("10s", "60s");
+        assert!(run_bound(&slow) >= (10 + 3 * 60) * 1_000_000_000);
+        assert!(drain_bound(&slow) > 2 * 60_000_000_000);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The scenarios' per-connection behaviour: what a client sends and how it checks what comes
 //! back (connect: nothing, or one echo with `--echo-check`; echo: `--pipeline` messages in
-//! flight, each verified and answered by the next; fanout: sequence numbers and delivery
-//! latency). [`Work`] is one thread's side of it: the figures it measures and its running
+//! flight, each verified and answered by the next; fanout and flood: sequence numbers, delivery
+//! latency, and how far a subscriber got when it ended early). [`Work`] is one thread's side of it: the figures it measures and its running
 //! totals; [`Peer`] is one connection's bookkeeping.
 
 use std::sync::Arc;
@@ -56,6 +56,9 @@ pub struct Work {
     /// Connections in their TCP or WebSocket handshake.
     pub pending: usize,
     pub verified_at_run: u64,
+    /// Fanout, flood: from the run's start until closing begins, a subscriber that ends is
+    /// cut off (its figures say how far it got).
+    pub tracking: bool,
 }
 
 impl Work {
@@ -69,6 +72,7 @@ impl Work {
             open: 0,
             pending: 0,
             verified_at_run: 0,
+            tracking: false,
         }
     }
 
@@ -83,7 +87,7 @@ impl Work {
     ) {
         match self.cfg.scenario {
             Scenario::Connect => {}
-            Scenario::Fanout => {
+            Scenario::Fanout | Scenario::Flood => {
                 peer.subscriber = true;
                 self.results.counts.subscribers += 1;
             }
@@ -123,6 +127,9 @@ impl Work {
         }
         if peer.opened {
             self.open -= 1;
+        }
+        if peer.subscriber && self.tracking {
+            self.results.cut_off.push(peer.seq.next());
         }
         let unanswered = peer.sent - peer.recvd;
         if unanswered > 0 {
@@ -236,7 +243,7 @@ impl Handler for OnConn<'_> {
             Scenario::Connect | Scenario::Echo => {
                 self.work.on_echo(self.peer, kind, msg, reply, now)
             }
-            Scenario::Fanout => {
+            Scenario::Fanout | Scenario::Flood => {
                 self.work.on_delivery(self.peer, kind, msg, now);
                 Ok(())
             }

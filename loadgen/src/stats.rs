@@ -237,6 +237,9 @@ pub struct Results {
     /// Fanout: first-time deliveries per sequence number, summed over subscribers.
     #[serde(with = "rle")]
     pub per_seq: Vec<u32>,
+    /// Fanout, flood: for each subscriber that ended during the run or the drain (closed by the
+    /// server, say), how far it got: the sequence number after the last one it received.
+    pub cut_off: Vec<u64>,
     /// Wall time this process spent ramping up (max over merged processes).
     pub ramp_s: f64,
 }
@@ -255,6 +258,7 @@ impl Results {
         for (a, b) in self.per_seq.iter_mut().zip(&o.per_seq) {
             *a += b;
         }
+        self.cut_off.extend_from_slice(&o.cut_off);
         self.ramp_s = self.ramp_s.max(o.ramp_s);
     }
 }
@@ -359,6 +363,7 @@ mod tests {
         b.per_seq = vec![4, 4, 4, 4, 1];
         b.ramp_s = 1.0;
         b.rtt.record(42_000);
+        b.cut_off = vec![7];
         let json = serde_json::to_string(&b).unwrap();
         assert!(json.contains("[[4,4],[1,1]]"), "run-length encoded: {json}");
         let b: Results = serde_json::from_str(&json).unwrap();
@@ -369,5 +374,6 @@ mod tests {
         assert_eq!(a.per_seq, [7, 7, 6, 4, 1]);
         assert_eq!(a.ramp_s, 1.5);
         assert_eq!(a.rtt.count(), 1);
+        assert_eq!(a.cut_off, [7]);
     }
 }

@@ -4,7 +4,8 @@
 
 use std::fmt::Write as _;
 
-use crate::report::Report;
+use crate::args::Scenario;
+use crate::report::{FanoutReport, Report};
 use crate::stats::Percentiles;
 
 /// One line of the summary.
@@ -48,14 +49,14 @@ pub fn rows(r: &Report) -> Vec<Row> {
     if t.aborted {
         rows.push(Row::Note("the run did not end by itself and was aborted"));
     }
+    let reasons = r.not_ok_reasons();
     rows.push(Row::Field(
         "result",
-        if r.ok {
-            "ok: every client did what was asked"
-        } else {
-            "NOT OK: see failures above"
-        }
-        .into(),
+        match (r.ok, reasons.is_empty()) {
+            (true, _) => "ok: every client did what was asked".into(),
+            (false, true) => "NOT OK: see failures above".into(),
+            (false, false) => format!("NOT OK: {}", reasons.join("; ")),
+        },
     ));
     rows
 }
@@ -104,46 +105,102 @@ fn fanout_rows(r: &Report, rows: &mut Vec<Row>) {
     let Some(f) = &r.fanout else {
         return;
     };
-    rows.push(Row::Field(
-        "fanout",
-        format!(
-            "{} published ({} accepted) at {}/s to {} subscribers{}",
-            f.published,
-            f.accepted,
-            f.rate,
-            f.subscribers,
-            f.server_subscribers
-                .map_or(String::new(), |n| format!(" (server says {n})"))
-        ),
-    ));
+    let server = f
+        .server_subscribers
+        .map_or(String::new(), |n| format!(" (server says {n})"));
+    let a = &f.answers;
+    if r.scenario == Scenario::Flood {
+        rows.push(Row::Field(
+            "flood",
+            format!(
+                "{} x {} B sent in {:.2} s to {} subscribers{server}: {:.0} answers/s, {:.0} accepted/s",
+                f.published, f.size, f.publish_s, f.subscribers, f.requests_per_s, f.accepted_per_s
+            ),
+        ));
+    } else {
+        rows.push(Row::Field(
+            "fanout",
+            format!(
+                "{} published ({} accepted) at {}/s to {} subscribers{server}",
+                f.published, f.accepted, f.rate, f.subscribers
+            ),
+        ));
+    }
     rows.push(Row::More(format!(
-        "{} deliveries ({:.0}/s): expected {}, lost {} over {} messages, {} duplicated, {} malformed",
-        f.deliveries,
-        f.deliveries_per_s,
-        f.accounting.expected,
-        f.accounting.lost,
-        f.accounting.seqs_with_loss,
-        f.duplicates,
-        f.malformed
+        "answers: {} ok, {} refused 503 Retry-After (busy), {} refused 503 other, {} other status, {} unanswered{}",
+        a.ok,
+        a.busy,
+        a.refused,
+        a.other,
+        a.unanswered,
+        if f.unsent > 0 {
+            format!(", {} never sent", f.unsent)
+        } else {
+            String::new()
+        }
     )));
-    rows.push(Row::Field("delivery", fmt_percentiles(&f.latency)));
-    rows.push(Row::Sub(
-        "uncorrected".into(),
-        fmt_percentiles(&f.latency_uncorrected),
-    ));
+    delivery_rows(f, rows);
     rows.push(Row::Field(
         "publisher",
         format!(
-            "worst lag behind schedule {:.0} us; request {}",
+            "worst lag behind schedule {:.0} us; up to {} of {} requests in flight; request {}",
             f.publisher_max_lag_us,
+            f.max_in_flight,
+            f.publish_window,
             fmt_percentiles(&f.publish_request)
         ),
     ));
+    rows.push(Row::More(format!(
+        "publisher thread cpu {:.2} s user + {:.2} s sys = {:.0}% of one core over {:.1} s",
+        f.publisher_cpu_user_s, f.publisher_cpu_sys_s, f.publisher_cpu_pct, f.publish_s
+    )));
     rows.extend(
         f.publish_failures
             .iter()
             .map(|(k, n)| Row::Count(*n, k.clone())),
     );
+}
+
+/// What the subscribers received, and what is still missing at the end.
+fn delivery_rows(f: &FanoutReport, rows: &mut Vec<Row>) {
+    let acc = &f.accounting;
+    rows.push(Row::More(format!(
+        "{} deliveries ({:.0}/s): expected {}, missing at the end {} over {} messages, {} duplicated, {} malformed",
+        f.deliveries,
+        f.deliveries_per_s,
+        acc.expected,
+        acc.lost,
+        acc.seqs_with_loss,
+        f.duplicates,
+        f.malformed
+    )));
+    if acc.subscribers_cut_off > 0 || !f.server_closes.is_empty() {
+        let closes: Vec<String> = f
+            .server_closes
+            .iter()
+            .map(|(code, n)| {
+                format!(
+                    "{n} with {code}{}",
+                    if code == "1008" {
+                        " (slow consumer)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        rows.push(Row::More(format!(
+            "{} subscribers ended early (closed by the server: {}); {} deliveries not due after that",
+            acc.subscribers_cut_off,
+            if closes.is_empty() { "none".to_string() } else { closes.join(", ") },
+            acc.cut_off
+        )));
+    }
+    rows.push(Row::Field("delivery", fmt_percentiles(&f.latency)));
+    rows.push(Row::Sub(
+        "uncorrected".into(),
+        fmt_percentiles(&f.latency_uncorrected),
+    ));
 }
 
 fn cpu_rows(r: &Report, rows: &mut Vec<Row>) {
@@ -170,10 +227,11 @@ fn cpu_rows(r: &Report, rows: &mut Vec<Row>) {
         rows.push(Row::Sub(
             format!("pid {}:", tg.pid),
             format!(
-                "cpu {} s, rss {} before, {} with all connections open, {} after",
+                "cpu {} s, rss {} before, {} with all connections open, peak {}, {} after",
                 tg.cpu_s.map_or("?".to_string(), |c| format!("{c:.2}")),
                 mib(tg.rss_before),
                 mib(tg.rss_at_ramp_end),
+                mib(tg.rss_peak),
                 mib(tg.rss_after)
             ),
         ));

@@ -1,5 +1,6 @@
-//! Process figures from the operating system: loadgen's own CPU time (getrusage) and a target
-//! process's CPU time and resident memory (/proc/PID/stat, /proc/PID/status).
+//! Process figures from the operating system: loadgen's own CPU time (getrusage, for the
+//! process and for one thread such as the publisher) and a target process's CPU time and
+//! resident memory (/proc/PID/stat, /proc/PID/status).
 //!
 //! These let every report put loadgen's CPU use beside the target's, so a reader can see which
 //! side was the bottleneck.
@@ -34,10 +35,19 @@ impl CpuTime {
 
 /// getrusage(RUSAGE_SELF): CPU time of this process, all threads.
 pub fn self_cpu() -> CpuTime {
+    rusage(libc::RUSAGE_SELF)
+}
+
+/// getrusage(RUSAGE_THREAD): CPU time of the calling thread only.
+pub fn thread_cpu() -> CpuTime {
+    rusage(libc::RUSAGE_THREAD)
+}
+
+fn rusage(who: libc::c_int) -> CpuTime {
     // SAFETY: an all-zero rusage is a valid value of the plain C struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a valid, writable rusage for the duration of the call.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
         return CpuTime::default();
     }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
@@ -101,5 +111,26 @@ mod tests {
         assert!(proc_cpu(pid).is_some());
         assert!(proc_rss(pid).unwrap() > 0);
         assert!(self_cpu().total() >= 0.0);
+    }
+
+    #[test]
+    fn thread_cpu_counts_this_thread_only() {
+        let busy = std::thread::spawn(|| {
+            let t0 = thread_cpu();
+            let start = std::time::Instant::now();
+            let mut x = 0u64;
+            while start.elapsed() < std::time::Duration::from_millis(50) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            t0.since(&thread_cpu()).total()
+        });
+        let idle = std::thread::spawn(|| {
+            let t0 = thread_cpu();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            t0.since(&thread_cpu()).total()
+        });
+        let (busy, idle) = (busy.join().unwrap(), idle.join().unwrap());
+        assert!(busy > 0.0, "{busy}");
+        assert!(idle < busy, "{idle} {busy}");
     }
 }

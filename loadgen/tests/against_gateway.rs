@@ -2,6 +2,8 @@
 //! connections in each scenario, checking the counts (everyone connected, every echo verified,
 //! no delivery lost, a latency recorded for every delivery). One test also goes through worker
 //! processes (the built `loadgen` binary), so the histogram and count merge is exercised too.
+//! The pipelined publisher is checked at a rate a one-request-at-a-time publisher could not
+//! keep, and the flood against a gateway with a small `max_backlog` (refusals, nothing lost).
 
 use std::process::Command;
 
@@ -9,11 +11,15 @@ use gateway::server::{Config as ServerConfig, Server, ServerHandle};
 use loadgen::args::parse;
 
 fn gateway() -> ServerHandle {
+    gateway_with(ServerConfig::default())
+}
+
+fn gateway_with(cfg: ServerConfig) -> ServerHandle {
     Server::start(ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         workers: 2,
         max_message: 1 << 20,
-        ..Default::default()
+        ..cfg
     })
     .expect("gateway starts")
 }
@@ -109,6 +115,101 @@ fn fanout_over_http_and_websocket_loses_nothing() {
             assert_eq!(f.server_subscribers, Some(200));
         }
     }
+}
+
+/// 2,000 messages/s is one every 0.5 ms: a publisher waiting for each answer (a few ms on a
+/// busy machine) fell behind and never offered that rate; the pipelined one keeps the schedule
+/// and every message reaches every subscriber.
+#[test]
+fn pipelined_publisher_keeps_a_high_rate_and_loses_nothing() {
+    let gw = gateway();
+    let url = format!("ws://{}/ws/chat/loadgen-pipelined", gw.local_addr());
+    let cfg = config(&[
+        "--url",
+        &url,
+        "--scenario",
+        "fanout",
+        "--conns",
+        "50",
+        "--rate",
+        "2000",
+        "--duration",
+        "2s",
+    ]);
+    let r = loadgen::run(&cfg).expect("run");
+    assert!(r.ok, "{}", r.summary());
+    let f = r.fanout.as_ref().unwrap();
+    assert_eq!((f.published, f.accepted, f.unsent), (4000, 4000, 0));
+    assert_eq!(f.answers.ok, 4000);
+    assert_eq!(f.accounting.expected, 4000 * 50);
+    assert_eq!(f.accounting.delivered, 4000 * 50);
+    assert_eq!((f.accounting.lost, f.duplicates), (0, 0));
+    assert!(f.max_in_flight >= 1);
+    assert!(f.publish_s < 2.0 + 5.0, "{}", r.summary());
+    assert!(f.publisher_cpu_user_s + f.publisher_cpu_sys_s > 0.0);
+    assert!(!r.timing.aborted);
+}
+
+/// A flood against a gateway with a 16 KiB backlog bound: the gateway pushes back (503 with
+/// Retry-After) and every accepted message reaches every subscriber that stayed open.
+#[test]
+fn flood_against_a_small_backlog_is_refused_and_loses_nothing() {
+    let gw = gateway_with(ServerConfig {
+        max_backlog: 16 * 1024,
+        ..ServerConfig::default()
+    });
+    let url = format!("ws://{}/ws/chat/loadgen-flood", gw.local_addr());
+    let cfg = config(&[
+        "--url",
+        &url,
+        "--scenario",
+        "flood",
+        "--conns",
+        "50",
+        "--size",
+        "1024",
+        "--duration",
+        "1500ms",
+    ]);
+    let r = loadgen::run(&cfg).expect("run");
+    let text = r.summary();
+    let f = r.fanout.as_ref().unwrap();
+    assert!(f.answers.busy > 0, "the gateway pushed back: {text}");
+    assert!(f.accepted > 0, "{text}");
+    assert_eq!(f.accepted, f.answers.ok);
+    assert_eq!(f.published, f.answers.ok + f.answers.busy, "{text}");
+    assert_eq!(f.accounting.lost, 0, "{text}");
+    assert_eq!(f.duplicates, 0);
+    assert_eq!(
+        f.accounting.delivered + f.accounting.lost,
+        f.accounting.expected
+    );
+    let cut: u64 = f.server_closes.values().sum();
+    assert_eq!(f.accounting.subscribers_cut_off, cut, "{text}");
+    assert!(r.ok, "{text}");
+    assert!(text.contains("refused 503 Retry-After"), "{text}");
+}
+
+/// A flood with no subscribers at all.
+#[test]
+fn flood_without_subscribers() {
+    let gw = gateway();
+    let url = format!("ws://{}/ws/chat/loadgen-empty", gw.local_addr());
+    let cfg = config(&[
+        "--url",
+        &url,
+        "--scenario",
+        "flood",
+        "--conns",
+        "0",
+        "--duration",
+        "300ms",
+    ]);
+    let r = loadgen::run(&cfg).expect("run");
+    assert!(r.ok, "{}", r.summary());
+    let f = r.fanout.as_ref().unwrap();
+    assert!(f.accepted > 10, "{}", r.summary());
+    assert_eq!((f.subscribers, f.deliveries), (0, 0));
 }
 
 /// The binary's contract for bad invocations: one line on stderr, a non-zero status, no panic.

@@ -1,12 +1,13 @@
 //! Plain HTTP on the one port: routing ([`route`]), the plain answers (pages, health, metrics,
-//! 404: [`respond`]), response writing ([`response`]) and the publish request checks
-//! ([`publish`]).
+//! 404: [`respond`]), response writing ([`response`]), the publish request checks
+//! ([`publish`]) and the origin rule ([`origin`]).
 //!
 //! The event loop parses the request head (with `proto::handshake`) and asks [`route`] what the
 //! path is. WebSocket endpoints go through the upgrade; `POST /publish/{topic}` is checked by
 //! [`publish::check_publish`] and published by the loop (it needs the hub); everything else is
 //! answered here with one response.
 
+pub mod origin;
 pub mod pages;
 pub mod publish;
 pub mod response;

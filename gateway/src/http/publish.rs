@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
+use super::origin::OriginPolicy;
 use crate::proto::MessageKind;
 use crate::proto::handshake::Request;
 use crate::topics::is_valid_topic;
@@ -17,8 +18,11 @@ pub struct PublishPolicy<'a> {
     pub max_body: usize,
     /// The bearer token, if one is configured.
     pub token: Option<&'a str>,
-    /// Loopback clients may publish without the token.
+    /// Loopback clients may publish without the token, unless their request comes from a
+    /// page of another site.
     pub trust_loopback: bool,
+    /// The origin rule that decides what "another site" is.
+    pub origins: OriginPolicy<'a>,
 }
 
 /// The outcome of the checks.
@@ -69,19 +73,23 @@ pub fn check_publish<'b>(
             json!({"error": "publish with POST"}),
         );
     }
-    if let Err(status) = authorize(req, peer, policy) {
-        return if status == 401 {
-            refused(
+    if let Err(denied) = authorize(req, peer, policy) {
+        return match denied {
+            Denied::Token => refused(
                 401,
                 &[("WWW-Authenticate", "Bearer")],
                 json!({"error": "missing or wrong bearer token"}),
-            )
-        } else {
-            refused(
+            ),
+            Denied::NotLoopback => refused(
                 403,
                 &[],
                 json!({"error": "only loopback clients may publish (no token configured)"}),
-            )
+            ),
+            Denied::CrossSite => refused(
+                403,
+                &[],
+                json!({"error": "a cross-site request may not publish without the bearer token"}),
+            ),
         };
     }
     if !is_valid_topic(topic) {
@@ -141,11 +149,22 @@ pub fn check_publish<'b>(
 
 /// A presented token must be right; without one, loopback clients are trusted (unless
 /// configured otherwise) and others need the token.
+/// Why a publish was not authorized.
+enum Denied {
+    /// A token is configured and was missing (from a non-loopback peer) or wrong: 401.
+    Token,
+    /// No token is configured and the peer is not on loopback: 403.
+    NotLoopback,
+    /// The request relies on the loopback trust but comes from a browser page of another
+    /// site (`Sec-Fetch-Site: cross-site`, or an `Origin` the origin rule refuses): 403.
+    CrossSite,
+}
+
 fn authorize(
     req: &Request<'_, '_>,
     peer: Option<IpAddr>,
     policy: &PublishPolicy<'_>,
-) -> Result<(), u16> {
+) -> Result<(), Denied> {
     let presented = req
         .header("Authorization")
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -153,10 +172,24 @@ fn authorize(
     let loopback = peer.is_some_and(is_loopback);
     match (policy.token, presented) {
         (Some(token), Some(p)) if constant_time_eq(token.as_bytes(), p.as_bytes()) => Ok(()),
-        (Some(_), Some(_)) => Err(401),
-        _ if loopback && policy.trust_loopback => Ok(()),
-        (Some(_), None) => Err(401),
-        (None, _) => Err(403),
+        (Some(_), Some(_)) => Err(Denied::Token),
+        _ if loopback && policy.trust_loopback => {
+            // A page in a browser on this host must not borrow the loopback trust.
+            let cross_site = req
+                .header("Sec-Fetch-Site")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("cross-site"));
+            if cross_site
+                || !policy
+                    .origins
+                    .allows(req.header("Origin"), req.header("Host"))
+            {
+                Err(Denied::CrossSite)
+            } else {
+                Ok(())
+            }
+        }
+        (Some(_), None) => Err(Denied::Token),
+        (None, _) => Err(Denied::NotLoopback),
     }
 }
 
@@ -187,6 +220,7 @@ mod tests {
             max_body: 10,
             token,
             trust_loopback: true,
+            origins: OriginPolicy { allowed: &[] },
         };
         match check_publish(
             &req,
@@ -231,5 +265,14 @@ mod tests {
         let empty = "POST /p HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(check(empty, b"", "127.0.0.1", None), (200, true));
         assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+        // Loopback trust is not lent to other sites' pages; the token is.
+        let page = "POST /p HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nOrigin: https://evil.example\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(check(page, b"hi", "127.0.0.1", None), (403, false));
+        let fetch = "POST /p HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nSec-Fetch-Site: cross-site\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(check(fetch, b"hi", "127.0.0.1", None), (403, false));
+        let own = "POST /p HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nOrigin: http://127.0.0.1:8080\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(check(own, b"hi", "127.0.0.1", None), (200, true));
+        let tokened = "POST /p HTTP/1.1\r\nAuthorization: Bearer s\r\nSec-Fetch-Site: cross-site\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(check(tokened, b"hi", "127.0.0.1", Some("s")), (200, true));
     }
 }

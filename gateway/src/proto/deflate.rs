@@ -303,7 +303,7 @@ impl Compressor {
     /// `(false, payload)`. Short messages are not tried, and incompressible ones go out as they
     /// are: same bytes, no work for the client.
     pub fn encode<'a>(&'a mut self, bits: Option<u8>, payload: &'a [u8]) -> (bool, &'a [u8]) {
-        let Some(bits) = bits.filter(|_| payload.len() >= self.min_size) else {
+        let Some(bits) = bits.filter(|_| self.worth_trying(payload.len())) else {
             return (false, payload);
         };
         if self.scratch.capacity() > SCRATCH_KEEP {
@@ -319,6 +319,11 @@ impl Compressor {
         } else {
             (false, payload)
         }
+    }
+
+    /// Whether a message of `len` bytes is long enough to try compressing.
+    pub fn worth_trying(&self, len: usize) -> bool {
+        len >= self.min_size
     }
 }
 

@@ -150,27 +150,7 @@ impl Reader {
         }
 
         if h.opcode.is_control() {
-            let end = header_len + h.payload_len as usize;
-            if input.len() < end {
-                return Ok(Step {
-                    consumed: 0,
-                    event: None,
-                });
-            }
-            let payload = &mut input[header_len..end];
-            if let Some(key) = h.mask {
-                apply_mask(payload, key, 0);
-            }
-            let payload: &'a [u8] = payload;
-            let event = match h.opcode {
-                OpCode::Ping => Event::Ping(payload),
-                OpCode::Pong => Event::Pong(payload),
-                _ => Event::Close(parse_close_payload(payload)?),
-            };
-            return Ok(Step {
-                consumed: end,
-                event: Some(event),
-            });
+            return Self::control_frame(&h, header_len, input);
         }
 
         match (h.opcode, self.message) {
@@ -220,6 +200,35 @@ impl Reader {
         Ok(Step {
             consumed: header_len,
             event: None,
+        })
+    }
+
+    /// A control frame, taken only whole: the event it is (a close is validated here).
+    fn control_frame<'a>(
+        h: &FrameHeader,
+        header_len: usize,
+        input: &'a mut [u8],
+    ) -> Result<Step<'a>, ProtocolError> {
+        let end = header_len + h.payload_len as usize;
+        if input.len() < end {
+            return Ok(Step {
+                consumed: 0,
+                event: None,
+            });
+        }
+        let payload = &mut input[header_len..end];
+        if let Some(key) = h.mask {
+            apply_mask(payload, key, 0);
+        }
+        let payload: &'a [u8] = payload;
+        let event = match h.opcode {
+            OpCode::Ping => Event::Ping(payload),
+            OpCode::Pong => Event::Pong(payload),
+            _ => Event::Close(parse_close_payload(payload)?),
+        };
+        Ok(Step {
+            consumed: end,
+            event: Some(event),
         })
     }
 

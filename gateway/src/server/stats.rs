@@ -61,8 +61,12 @@ counters! {
 
 impl WorkerStats {
     pub fn add(counter: &AtomicU64, n: u64) {
-        // Only the owning worker writes, so a load+store would do; fetch_add keeps it obvious.
-        counter.fetch_add(n, Ordering::Relaxed);
+        // Only the owning worker writes, so a plain load and store suffice: no locked
+        // read-modify-write on the per-message path (readers only ever see a whole value).
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 }
 

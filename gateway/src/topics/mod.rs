@@ -480,4 +480,5 @@ impl Hub {
 }
 
 #[cfg(test)]
+#[path = "hub_tests.rs"]
 mod tests;

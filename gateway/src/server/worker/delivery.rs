@@ -61,10 +61,30 @@ impl Worker {
             };
             self.deliver(&msg);
             self.mailbox.done(&msg);
+            self.batch_messages += 1;
         }
-        self.write_batch();
+        if !self.batch.is_empty() {
+            self.write_batch_when_due();
+        }
         if !self.hub_paused.is_empty() && !self.shared.hub.congested() {
             self.resume_publishers();
+        }
+    }
+
+    /// Writes the batch now if the last one went out at least `--flush-interval` ago (so a
+    /// message after a quiet spell leaves at once) or the batch is large; otherwise leaves it
+    /// for the loop to write when that interval is over. Under a high message rate each
+    /// subscriber is then written once per interval with everything it is owed.
+    fn write_batch_when_due(&mut self) {
+        let now = std::time::Instant::now();
+        let due = self.last_flush + self.shared.config.flush_interval;
+        if now >= due || self.batch_messages >= MAILBOX_BATCH {
+            self.last_flush = now;
+            self.flush_due = None;
+            self.batch_messages = 0;
+            self.write_batch();
+        } else {
+            self.flush_due = Some(due);
         }
     }
 

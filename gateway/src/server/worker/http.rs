@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 
 use super::{Worker, feeds};
+use crate::http::origin::OriginPolicy;
 use crate::http::publish::{PublishCheck, PublishPolicy, check_publish};
 use crate::http::response::{JSON, Response, TEXT, status_text, write_refusal};
 use crate::http::{self as routes, PlainContext, Route};
@@ -97,14 +98,14 @@ impl Worker {
             return Err(Refusal::Status(404));
         }
         let cfg = &self.shared.config;
-        let origin_check = |origin: &str| cfg.allowed_origins.iter().any(|a| a == origin);
+        let origins = OriginPolicy {
+            allowed: &cfg.allowed_origins,
+        };
+        let host = req.header("Host");
+        let origin_check = |origin: &str| origins.allows(Some(origin), host);
         let policy = ServerPolicy {
             subprotocols: &cfg.subprotocols,
-            origin: if cfg.allowed_origins.is_empty() {
-                None
-            } else {
-                Some(&origin_check)
-            },
+            origin: Some(&origin_check),
             deflate: cfg.deflate,
         };
         let accepted = handshake::accept(req, &policy).map_err(Refusal::Handshake)?;
@@ -268,6 +269,9 @@ impl Worker {
             max_body: cfg.max_message,
             token: cfg.publish_token.as_deref(),
             trust_loopback: cfg.trust_loopback,
+            origins: OriginPolicy {
+                allowed: &cfg.allowed_origins,
+            },
         };
         let peer = self.conns[key].stream.peer_addr().ok().map(|a| a.ip());
         let (body, kind, end, keep_alive) = match check_publish(req, topic, input, peer, &policy) {

@@ -1,6 +1,6 @@
 //! One worker: a mio `Poll`, its listener, a `Slab` of connections, a buffer pool, a timer
 //! wheel and its share of topic subscriptions, all owned by one thread. This file owns the
-//! worker's state, its loop, accepting, and removing connections.
+//! worker's state, its loop, and removing connections.
 //!
 //! The files of the worker, in the order a message meets them:
 //! - [`accept`]: new connections: `--max-conns`, and running out of descriptors (retry, reserve).
@@ -20,6 +20,7 @@
 //! callers check `dead` (sending to a dead connection does nothing), never liveness.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::mem;
 use std::net::{Shutdown, TcpListener as StdListener};
@@ -55,6 +56,33 @@ const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 /// The one read buffer of the loop: every socket is read into it.
 const READ_BUF: usize = 64 * 1024;
+/// A side table keyed by slab slot.
+type SideTable<V> = HashMap<usize, V, BuildHasherDefault<SlotHasher>>;
+
+/// Hashes a slab slot with one multiplication (Fibonacci hashing): slots are small, dense and
+/// chosen by the worker, not by a peer, so SipHash's protection against chosen keys buys
+/// nothing here, and the tables are consulted on every read.
+#[derive(Debug, Default)]
+struct SlotHasher(u64);
+
+impl Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// How often a worker with paused publishers checks whether the hub caught up.
+const PAUSED_RECHECK: Duration = Duration::from_millis(10);
 /// Pooled buffers kept per worker.
 const POOL_MAX: usize = 1024;
 
@@ -93,17 +121,22 @@ pub(crate) struct Worker {
     mailbox: Inbox,
     /// Connections with frames queued in the current delivery batch.
     batch: Vec<ConnId>,
+    /// When the last delivery batch was written, and when the pending one is due (see
+    /// `Worker::write_batch_when_due`); messages queued since the last write.
+    last_flush: Instant,
+    flush_due: Option<Instant>,
+    batch_messages: usize,
     /// Chat connections not read while the hub is congested.
     hub_paused: Vec<ConnId>,
     /// Side tables, by slab slot, for what only some connections need for a while (kept out
     /// of `Conn` so an idle connection does not pay for them; an entry goes when its
     /// connection is reaped):
     /// received bytes not consumed yet (part of a request head or frame that spans reads),
-    partial_input: HashMap<usize, Vec<u8>>,
+    partial_input: SideTable<Vec<u8>>,
     /// messages that span reads,
-    partial_msgs: HashMap<usize, Vec<u8>>,
+    partial_msgs: SideTable<Vec<u8>>,
     /// and the topics of a `/ws` connection after its first.
-    more_topics: HashMap<usize, Vec<TopicId>>,
+    more_topics: SideTable<Vec<TopicId>>,
     /// This worker's subscriptions.
     local: LocalTopics,
     due_subs: Vec<Sub>,
@@ -157,10 +190,13 @@ impl Worker {
             accept: accept::AcceptState::new(),
             mailbox,
             batch: Vec::new(),
+            last_flush: Instant::now(),
+            flush_due: None,
+            batch_messages: 0,
             hub_paused: Vec::new(),
-            partial_input: HashMap::new(),
-            partial_msgs: HashMap::new(),
-            more_topics: HashMap::new(),
+            partial_input: SideTable::default(),
+            partial_msgs: SideTable::default(),
+            more_topics: SideTable::default(),
             local: LocalTopics::default(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),
@@ -179,11 +215,16 @@ impl Worker {
             // Never sleep while the hub has posted messages this worker has not delivered
             // (some may still be on their way into the channel; see `topics::mailbox`).
             let timeout = if self.backlog.is_empty() && !self.mailbox.is_pending() {
-                let wheel = self
+                let timer = self
                     .timers
                     .ticks_to_next()
                     .map(|t| self.until_tick(self.timers.current() + t));
-                accept::earlier(wheel, self.accept.retry_in())
+                let flush = self
+                    .flush_due
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    // Paused publishers wait on other workers' backlogs: look again soon.
+                    .or((!self.hub_paused.is_empty()).then_some(PAUSED_RECHECK));
+                accept::earlier(accept::earlier(timer, flush), self.accept.retry_in())
             } else {
                 Some(Duration::ZERO)
             };

@@ -110,9 +110,21 @@ impl Worker {
         let Phase::Open(ws) = &self.conns[key].phase else {
             return;
         };
+        let bits = ws
+            .session
+            .send_deflate()
+            .filter(|_| self.compressor.worth_trying(payload.len()));
+        if bits.is_none() {
+            // The common path: no compression to try, nothing to move out of the way.
+            if let Some(header) = ws.session.data_header(kind, false, payload.len()) {
+                self.send(key, &[header.as_bytes(), payload]);
+                WorkerStats::add(&self.stats().messages_out_total, 1);
+            }
+            return;
+        }
         // The compressed body lives in the compressor: take it out of `self` while sending.
         let mut compressor = mem::take(&mut self.compressor);
-        let (rsv1, body) = compressor.encode(ws.session.send_deflate(), payload);
+        let (rsv1, body) = compressor.encode(bits, payload);
         if let Some(header) = ws.session.data_header(kind, rsv1, body.len()) {
             self.send(key, &[header.as_bytes(), body]);
             WorkerStats::add(&self.stats().messages_out_total, 1);

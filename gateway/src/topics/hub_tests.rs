@@ -1,4 +1,4 @@
-//! Unit tests of the hub: names, sequence numbers, history, limits, frames.
+//! The hub's unit tests: names, sequence numbers, history, limits, backpressure, frames.
 
 use super::*;
 
