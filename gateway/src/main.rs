@@ -93,6 +93,10 @@ struct Args {
     /// Payload bytes kept per topic for `since` recovery.
     #[arg(long, default_value_t = DEFAULTS.history.bytes)]
     history_bytes: usize,
+    /// Payload bytes kept for `since` recovery by all topics together; past it the oldest
+    /// history across topics goes first.
+    #[arg(long, default_value_t = DEFAULTS.history_memory)]
+    history_memory: usize,
     /// Ask clients to compress every message on its own (saves a 32 KiB window per chatty
     /// connection, costs compression ratio).
     #[arg(long)]
@@ -154,6 +158,7 @@ impl Args {
                 messages: self.history.max(1),
                 bytes: self.history_bytes,
             },
+            history_memory: self.history_memory,
             publish_token: self.publish_token.filter(|t| !t.is_empty()),
             max_topics: self.max_topics,
             max_backlog: self.max_backlog,
@@ -276,6 +281,7 @@ mod tests {
             subprotocols,
             deflate,
             history,
+            history_memory,
             max_topics,
             max_backlog,
             flush_interval,
@@ -317,6 +323,7 @@ mod tests {
         let HistoryConfig { messages, bytes } = history;
         assert_eq!(*messages, want.history.messages, "history.messages");
         assert_eq!(*bytes, want.history.bytes, "history.bytes");
+        assert_eq!(*history_memory, want.history_memory, "history_memory");
         assert_eq!(*max_topics, want.max_topics, "max_topics");
         assert_eq!(*max_backlog, want.max_backlog, "max_backlog");
         assert_eq!(*flush_interval, want.flush_interval, "flush_interval");

@@ -36,6 +36,21 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((hard, hard))
 }
 
+/// Sets the soft limit on open files (at most the hard limit). For tests that make the process
+/// run out of descriptors on purpose.
+pub fn set_nofile_soft_limit(soft: u64) -> io::Result<()> {
+    let (_, hard) = nofile_limit()?;
+    let lim = libc::rlimit {
+        rlim_cur: soft.min(hard),
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit; the call only reads it.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -5,6 +5,7 @@
 //!
 //! - `drain`: the graceful drain, from the library and on SIGTERM.
 //! - `echo`: `/echo` returns every message byte for byte, at every payload-length form.
+//! - `floods`: floods of tiny frames: endless empty fragments closed, the worker not monopolized.
 //! - `fragments`: fragmented messages, with control frames between the fragments.
 //! - `handshake`: the opening handshake as real clients send it; subprotocols.
 //! - `control`: ping/pong and the close handshake.
@@ -14,8 +15,10 @@
 //! - `deadlines`: handshake timeout, keep-alive pings and the pong timeout.
 //! - `origins`: same-origin by default, the allow list, cross-site publishes refused.
 //! - `plain_http`: `/healthz`, `/metrics`, `/`, unknown paths.
+//! - `history_cap`: the history of all topics together stays under `--history-memory`.
 //! - `isolation`: a misbehaving client never hurts the others.
 //! - `backpressure`: a publish flood: bounded backlog, publishers pushed back, slow consumers.
+//! - `strict_http`: framing two readers could read differently is refused (no smuggling).
 //! - `topics`: chat rooms, the publish API, the `/ws` protocol, slow consumers.
 //! - `feeds`: file watch and log tail: writes, atomic replace, delete, truncation, rotation.
 //! - `scale`: thousands of idle connections on one gateway all still echo.
@@ -39,10 +42,14 @@ mod drain;
 mod echo;
 #[path = "integration/feeds.rs"]
 mod feeds;
+#[path = "integration/floods.rs"]
+mod floods;
 #[path = "integration/fragments.rs"]
 mod fragments;
 #[path = "integration/handshake.rs"]
 mod handshake;
+#[path = "integration/history_cap.rs"]
+mod history_cap;
 #[path = "integration/isolation.rs"]
 mod isolation;
 #[path = "integration/origins.rs"]
@@ -53,6 +60,8 @@ mod plain_http;
 mod refusals;
 #[path = "integration/scale.rs"]
 mod scale;
+#[path = "integration/strict_http.rs"]
+mod strict_http;
 #[path = "integration/topics.rs"]
 mod topics;
 #[path = "integration/violations.rs"]

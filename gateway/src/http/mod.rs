@@ -88,8 +88,8 @@ pub fn route(path: &str) -> (Route, &str) {
 /// What the plain routes need to know about the server.
 pub struct PlainContext<'a> {
     pub metrics: &'a dyn Fn() -> String,
-    /// (topic, subscribers, last sequence number) of every topic.
-    pub topics: &'a dyn Fn() -> Vec<(String, usize, u64)>,
+    /// The index page's listing: the most followed topics with a name prefix, and totals.
+    pub topics: &'a dyn Fn(&str) -> crate::topics::TopicPage,
     /// A watched file's current content (or error text) and its stamp; `None` when no file of
     /// that name is watched.
     pub file: &'a dyn Fn(&str) -> Option<(String, u64)>,
@@ -123,7 +123,11 @@ pub fn respond(
             "text/plain; version=0.0.4",
             (ctx.metrics)().into_bytes(),
         ),
-        Route::Index => (200, HTML, pages::index(&(ctx.topics)()).into_bytes()),
+        Route::Index => {
+            let prefix = index_prefix(req.query());
+            let page = (ctx.topics)(&prefix);
+            (200, HTML, pages::index(&page, &prefix).into_bytes())
+        }
         Route::ChatPage if crate::topics::is_valid_topic(param) && !param.contains('/') => {
             (200, HTML, pages::chat(param).into_bytes())
         }
@@ -142,9 +146,27 @@ pub fn respond(
     status
 }
 
+/// The `prefix` of the index page's query (`/?prefix=chat%2F`), `%2F` decoded; "" when none.
+/// Any other escape is left as is: it cannot begin a topic name, so nothing matches.
+pub fn index_prefix(query: Option<&str>) -> String {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("prefix="))
+        .map(|v| v.replace("%2F", "/").replace("%2f", "/"))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_prefixes() {
+        assert_eq!(index_prefix(None), "");
+        assert_eq!(index_prefix(Some("x=1&prefix=chat%2Fa")), "chat/a");
+        assert_eq!(index_prefix(Some("prefix=news/")), "news/");
+    }
 
     #[test]
     fn routes() {

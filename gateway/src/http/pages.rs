@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use crate::topics::TopicPage;
+
 /// Escapes text for HTML element content and attribute values.
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -16,10 +18,12 @@ fn esc(s: &str) -> String {
 const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:2em auto;max-width:46em;padding:0 1em}\
 code{background:#f3f3f3;padding:0 .2em}table{border-collapse:collapse}td,th{padding:.2em .8em;text-align:left;border-bottom:1px solid #ddd}";
 
-/// The index: endpoints and the topics with their subscriber counts.
-pub fn index(topics: &[(String, usize, u64)]) -> String {
+/// The index: endpoints and the most followed topics (a [`TopicPage`]: at most
+/// [`crate::topics::INDEX_TOPICS`] rows, whatever the number of topics), the totals, and a
+/// form to filter by name prefix.
+pub fn index(page: &TopicPage, prefix: &str) -> String {
     let mut rows = String::new();
-    for (name, subs, seq) in topics {
+    for (name, subs, seq) in &page.top {
         let link = if let Some(room) = name.strip_prefix("chat/") {
             format!(" <a href=\"/chat/{}\">page</a>", esc(room))
         } else if let Some(file) = name.strip_prefix("file/") {
@@ -33,15 +37,24 @@ pub fn index(topics: &[(String, usize, u64)]) -> String {
             esc(name)
         );
     }
+    let summary = format!(
+        "{} topics in all; {} match <code>{}</code>; the {} most followed are shown.",
+        page.total,
+        page.matching,
+        esc(prefix),
+        page.top.len()
+    );
     if rows.is_empty() {
         rows.push_str("<tr><td colspan=3>no topics yet</td></tr>");
     }
+    let prefix_attr = esc(prefix);
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>push gateway</title><style>{STYLE}</style></head>
 <body>
 <h1>push gateway</h1>
 <h2>Topics</h2>
+<form action="/"><p>{summary} <input name="prefix" value="{prefix_attr}" placeholder="name prefix"> <button>filter</button></p></form>
 <table><tr><th>topic</th><th>subscribers</th><th>messages</th></tr>{rows}</table>
 <h2>Endpoints</h2>
 <ul>
@@ -181,9 +194,16 @@ mod tests {
         let page = super::chat("lobby");
         assert!(page.contains("const room = \"lobby\";"));
         assert!(!page.contains("http://") && !page.contains("https://"));
-        let index = super::index(&[("chat/a<b".into(), 3, 9)]);
+        let listing = |top: Vec<(String, usize, u64)>| crate::topics::TopicPage {
+            total: 7,
+            matching: 1,
+            top,
+        };
+        let index = super::index(&listing(vec![("chat/a<b".into(), 3, 9)]), "\"x");
         assert!(index.contains("chat/a&lt;b") && index.contains("<td>3</td>"));
-        let index = super::index(&[("file/conf".into(), 0, 1)]);
+        assert!(index.contains("7 topics in all; 1 match <code>&quot;x</code>"));
+        assert!(index.contains("value=\"&quot;x\""));
+        let index = super::index(&listing(vec![("file/conf".into(), 0, 1)]), "");
         assert!(index.contains("<a href=\"/file/conf\">page</a>"));
         let page = super::file("conf", "</pre><script>x", 0x1f);
         assert!(page.contains("&lt;/pre&gt;&lt;script&gt;x</pre>"));

@@ -107,7 +107,16 @@ pub fn check_publish<'b>(
         );
     }
     let len = match req.content_length() {
-        Ok(n) => n,
+        Ok(Some(n)) => n,
+        // The body's length is required (docs/PROTOCOL.md): without it, an empty message would
+        // be published and any bytes sent as a body read as the next request.
+        Ok(None) => {
+            return refused(
+                411,
+                &[],
+                json!({"error": "send the body with Content-Length"}),
+            );
+        }
         Err(e) => return refused(400, &[], json!({"error": e.to_string()})),
     };
     if len > policy.max_body {
@@ -243,8 +252,18 @@ mod tests {
         assert_eq!(check(chunked, b"", "127.0.0.1", None), (411, false));
         let big = "POST /p HTTP/1.1\r\nContent-Length: 11\r\n\r\n";
         assert_eq!(check(big, b"", "127.0.0.1", None), (413, false));
-        let bad = "POST /p HTTP/1.1\r\nContent-Length: x\r\n\r\n";
-        assert_eq!(check(bad, b"", "127.0.0.1", None), (400, false));
+        for bad in ["x", "+5", "-1", "5, 5", "0x5", " ", "99999999999999999999"] {
+            let head = format!("POST /p HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
+            assert_eq!(check(&head, b"", "127.0.0.1", None), (400, false), "{bad}");
+        }
+        let two = "POST /p HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(check(two, b"hi", "127.0.0.1", None), (400, false));
+        let same = "POST /p HTTP/1.1\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\n";
+        assert_eq!(check(same, b"hi", "127.0.0.1", None), (200, true));
+        let none = "POST /p HTTP/1.1\r\n\r\n";
+        assert_eq!(check(none, b"", "127.0.0.1", None), (411, false));
+        let empty = "POST /p HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(check(empty, b"", "127.0.0.1", None), (200, true));
         assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
         // Loopback trust is not lent to other sites' pages; the token is.
         let page = "POST /p HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nOrigin: https://evil.example\r\nContent-Length: 2\r\n\r\n";

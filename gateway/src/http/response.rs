@@ -103,6 +103,17 @@ pub fn write_refusal(e: &HandshakeError, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    /// Every status the gateway sends (grep `Response::new`, `respond_status`, `refused(`,
+    /// `HandshakeError::status` and the canned 503s) has its reason phrase.
+    #[test]
+    fn every_status_sent_has_its_reason_phrase() {
+        let sent = [101, 200, 400, 401, 403, 404, 405, 411, 413, 426, 431, 503];
+        for status in sent {
+            assert_ne!(reason_phrase(status), "Unknown", "{status}");
+        }
+        assert_eq!(reason_phrase(411), "Length Required");
+    }
+
     #[test]
     fn responses_carry_length_connection_and_headers() {
         let mut out = Vec::new();

@@ -35,6 +35,9 @@ pub enum ProtocolError {
     MessageTooBig { limit: usize },
     /// A compressed message that is not a valid raw DEFLATE stream (RFC 7692 7.2.2).
     BadCompressedData,
+    /// A message of more frames than [`super::reader::FREE_FRAMES`] plus one per payload byte
+    /// (endless empty fragments): refused by policy (1008).
+    TooManyFrames,
 }
 
 impl ProtocolError {
@@ -45,6 +48,7 @@ impl ProtocolError {
                 CloseCode::INVALID_DATA
             }
             ProtocolError::MessageTooBig { .. } => CloseCode::TOO_BIG,
+            ProtocolError::TooManyFrames => CloseCode::POLICY,
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }
@@ -79,6 +83,9 @@ impl fmt::Display for ProtocolError {
                 write!(f, "message over the {limit}-byte limit")
             }
             ProtocolError::BadCompressedData => f.write_str("invalid permessage-deflate data"),
+            ProtocolError::TooManyFrames => {
+                f.write_str("message of too many frames for its size (empty fragments)")
+            }
         }
     }
 }

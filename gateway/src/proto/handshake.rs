@@ -170,14 +170,42 @@ impl<'h, 'b> Request<'h, 'b> {
         self.has_token("Upgrade", "websocket")
     }
 
-    /// Request body length from `Content-Length` (0 if absent); error if malformed.
-    pub fn content_length(&self) -> Result<usize, HandshakeError> {
-        match self.header("Content-Length") {
-            None => Ok(0),
-            Some(v) => v
-                .parse()
-                .map_err(|_| HandshakeError::BadHeader("Content-Length")),
+    /// Request body length from `Content-Length`: `None` if absent. Every value must be plain
+    /// digits (no sign, no list) and all of them the same: two different lengths are how a
+    /// request is smuggled past one reader of it into another (RFC 9112 6.3).
+    pub fn content_length(&self) -> Result<Option<usize>, HandshakeError> {
+        let bad = HandshakeError::BadHeader("Content-Length");
+        let mut len = None;
+        for h in self
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("Content-Length"))
+        {
+            let v = h.value.trim_ascii();
+            if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+                return Err(bad);
+            }
+            let n = v.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+            if len.is_some_and(|l| l != n) {
+                return Err(bad);
+            }
+            len = Some(n);
         }
+        Ok(len)
+    }
+
+    /// The checks every request passes before it is routed: an HTTP/1.1 request names exactly
+    /// one `Host` (RFC 9112 3.2), and its `Content-Length`, if any, is one well-formed number.
+    pub fn check_framing(&self) -> Result<(), HandshakeError> {
+        let hosts = self
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("Host"))
+            .count();
+        if hosts > 1 || (self.version >= 1 && hosts == 0) {
+            return Err(HandshakeError::BadHeader("Host"));
+        }
+        self.content_length().map(|_| ())
     }
 }
 

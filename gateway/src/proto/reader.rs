@@ -14,6 +14,18 @@ use super::frame::{FrameHeader, OpCode};
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
 
+/// Frames a message may have beyond one per payload byte. A message made of endless empty
+/// continuation frames never grows past the size limit, so without a bound on its frames it
+/// would keep its connection (and the worker's CPU) busy forever; a flood of them is closed
+/// (1008) after this many. One frame per payload byte is always allowed on top, so no
+/// fragmentation that carries data is refused: Autobahn's busiest cases (9.3.1 and 9.4.1, 4 MiB
+/// in 64-byte fragments, 65,536 frames; 6.x, text one byte per frame) stay far inside it, and
+/// the work a message can cost stays proportional to its bytes, which the size limit bounds.
+/// The credit is kept in 16 bits (the reader must stay small: it lives in every connection's
+/// slab entry), so it saturates at 65,535 frames: that many empty frames after a long run of
+/// data, at most.
+pub const FREE_FRAMES: u16 = 1024;
+
 /// Text or binary: the kind of a data message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
@@ -71,6 +83,9 @@ pub struct Reader {
     in_frame: bool,
     /// The message in progress: its kind and whether it is compressed.
     message: Option<(MessageKind, bool)>,
+    /// Further data frames the message in progress may have: [`FREE_FRAMES`] at its start,
+    /// less one per frame, plus one per payload byte.
+    frames_left: u16,
     utf8: Utf8Validator,
 }
 
@@ -88,6 +103,7 @@ impl Reader {
             frame_fin: false,
             in_frame: false,
             message: None,
+            frames_left: FREE_FRAMES,
             utf8: Utf8Validator::default(),
         }
     }
@@ -148,9 +164,15 @@ impl Reader {
                     MessageKind::Binary
                 };
                 self.message = Some((kind, h.rsv1));
+                self.frames_left = FREE_FRAMES;
                 self.utf8.reset();
             }
         }
+        if self.frames_left == 0 {
+            return Err(ProtocolError::TooManyFrames);
+        }
+        let credit = u16::try_from(h.payload_len).unwrap_or(u16::MAX);
+        self.frames_left = (self.frames_left - 1).saturating_add(credit);
         let compressed = self.message.is_some_and(|(_, c)| c);
         // Limits are checked before any byte is kept: uncompressed sizes are known up front.
         if !compressed
@@ -473,6 +495,36 @@ mod tests {
             drive(&mut reader, &wire, 7),
             Err(ProtocolError::MessageTooBig { limit: 100 })
         );
+    }
+
+    #[test]
+    fn endless_empty_fragments_are_refused_but_fragments_with_data_are_not() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, false, OpCode::Binary, false, KEY, b"");
+        for _ in 0..FREE_FRAMES - 2 {
+            write_frame(&mut wire, false, OpCode::Continuation, false, KEY, b"");
+        }
+        // FREE_FRAMES frames in all: accepted.
+        let mut ok = wire.clone();
+        write_frame(&mut ok, true, OpCode::Continuation, false, KEY, b"x");
+        assert_eq!(drive(&mut server(), &ok, 4096).unwrap(), ["Binary:x"]);
+        // One more: refused.
+        write_frame(&mut wire, false, OpCode::Continuation, false, KEY, b"");
+        write_frame(&mut wire, true, OpCode::Continuation, false, KEY, b"x");
+        assert_eq!(
+            drive(&mut server(), &wire, 4096),
+            Err(ProtocolError::TooManyFrames)
+        );
+        assert_eq!(ProtocolError::TooManyFrames.close_code(), CloseCode::POLICY);
+        // One byte per frame, far past the free frames: every frame carries data.
+        let mut wire = Vec::new();
+        write_frame(&mut wire, false, OpCode::Text, false, KEY, b"a");
+        for _ in 0..3 * FREE_FRAMES {
+            write_frame(&mut wire, false, OpCode::Continuation, false, KEY, b"b");
+        }
+        write_frame(&mut wire, true, OpCode::Continuation, false, KEY, b"");
+        let text = format!("Text:a{}", "b".repeat(3 * FREE_FRAMES as usize));
+        assert_eq!(drive(&mut server(), &wire, 999).unwrap(), [text]);
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct Config {
     pub deflate: DeflateConfig,
     /// Bounds of each topic's history (for `since` recovery).
     pub history: HistoryConfig,
+    /// Payload bytes of the history of all topics together (file feeds' latest values, whose
+    /// number the operator sets, aside). When it is reached the oldest history across topics
+    /// goes first; a `since` that needed it gets a `gap`. Default 256 MiB.
+    pub history_memory: usize,
     /// Topics that clients (subscriptions, chat rooms, publishing) may create in all; past it a
     /// new name is refused (503, or an error on `/ws`). Topics are never forgotten, so this
     /// bounds the hub's memory. Default 100,000.
@@ -101,6 +105,7 @@ impl Default for Config {
             subprotocols: Vec::new(),
             deflate: DeflateConfig::default(),
             history: HistoryConfig::default(),
+            history_memory: 256 * 1024 * 1024,
             max_topics: 100_000,
             max_backlog: 16 * 1024 * 1024,
             flush_interval: Duration::from_millis(5),

@@ -71,6 +71,12 @@ pub(super) struct Conn {
     pub write_shut: bool,
     /// The peer shut its write side; the connection closes once its output drains.
     pub peer_closed: bool,
+    /// The last turn spent its budget of steps with input left unprocessed (in the worker's
+    /// side table); the next turn processes it before reading more.
+    pub yielded: bool,
+    /// It is on the worker's backlog (at most once: a connection whose readable events keep
+    /// coming while it is there must not gain a turn per event).
+    pub backlogged: bool,
     pub phase: Phase,
     /// Output the socket has not taken yet; `None` when everything went out.
     pub out: Option<Box<Outbox>>,
@@ -92,6 +98,8 @@ impl Conn {
             batched: false,
             write_shut: false,
             peer_closed: false,
+            yielded: false,
+            backlogged: false,
             phase: Phase::Handshake,
             out: None,
         }

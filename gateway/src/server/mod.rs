@@ -65,6 +65,7 @@ impl Server {
                 HubLimits {
                     max_topics: config.max_topics,
                     max_backlog: config.max_backlog,
+                    history_memory: config.history_memory,
                 },
             )),
             config,

@@ -11,6 +11,8 @@
 //! feed sockets `/ws/chat/..`, `/ws/file/..` and `/ws/log/..` send it), the JSON envelope of the
 //! multiplexed `/ws` socket, and each of those compressed once per negotiated window size.
 
+mod history;
+pub mod listing;
 pub mod local;
 pub mod mailbox;
 
@@ -18,6 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::proto::{Compressor, HeaderBuf, MessageKind};
+pub use listing::{INDEX_TOPICS, TopicPage};
 pub use mailbox::{Inbox, Mailbox};
 
 /// Index of a topic in the hub; stable for the life of the process.
@@ -200,6 +203,8 @@ struct Topic {
 struct HubInner {
     by_name: HashMap<Arc<str>, TopicId>,
     topics: Vec<Topic>,
+    /// The history of all stream topics together.
+    memory: history::Memory,
 }
 
 /// Why a publish from a client or backend was refused.
@@ -219,6 +224,8 @@ pub struct HubLimits {
     /// Bytes ([`mailbox::cost`]) posted to one worker and not yet delivered, past which
     /// refusable publishes are refused ([`Refused::Busy`]).
     pub max_backlog: usize,
+    /// Payload bytes of the history of all stream topics together ([`history`]).
+    pub history_memory: usize,
 }
 
 impl Default for HubLimits {
@@ -226,6 +233,7 @@ impl Default for HubLimits {
         HubLimits {
             max_topics: usize::MAX,
             max_backlog: usize::MAX,
+            history_memory: usize::MAX,
         }
     }
 }
@@ -392,22 +400,18 @@ impl Hub {
             payload,
             stamp,
         ));
-        topic.history_bytes += msg.payload.len();
-        topic.history.push_back(msg.clone());
-        // A "latest value" topic keeps only its newest message: older versions are worth
-        // nothing to anyone (a `since` subscriber is told of the gap and gets the newest).
-        while topic.history.len() > 1
-            && (topic.kind == TopicKind::Latest
-                || topic.history.len() > self.history.messages
-                || topic.history_bytes > self.history.bytes)
-        {
-            let old = topic.history.pop_front().expect("non-empty history");
-            topic.history_bytes -= old.payload.len();
-        }
+        let seq = topic.last_seq;
+        let subscribers = topic.subscribers;
+        history::append(
+            inner,
+            &self.history,
+            self.limits.history_memory,
+            msg.clone(),
+        );
         let receipt = Receipt {
             topic: id,
-            seq: topic.last_seq,
-            subscribers: topic.subscribers,
+            seq,
+            subscribers,
         };
         // Posted under the lock, so every worker sees one topic's messages in sequence order.
         if let Some(mailboxes) = self.mailboxes.get() {
@@ -455,6 +459,11 @@ impl Hub {
         let mut inner = self.lock();
         let topic = &mut inner.topics[id as usize];
         topic.subscribers = topic.subscribers.saturating_sub(1);
+    }
+
+    /// Payload bytes in the history of all stream topics (`--history-memory` bounds it).
+    pub fn history_bytes(&self) -> usize {
+        self.lock().memory.bytes
     }
 
     /// (name, subscribers, last sequence number) of every topic, sorted by name.

@@ -96,6 +96,59 @@ fn index_page_is_html() {
     assert!(resp.body_text().contains("/echo"));
 }
 
+/// Publishes one message to each of `topics` over one kept-alive connection (pipelined).
+fn publish_many(addr: std::net::SocketAddr, topics: &[String]) {
+    let mut stream = util::tcp_connect(addr);
+    let mut writer = stream.try_clone().unwrap();
+    let mut reqs = Vec::new();
+    for (i, t) in topics.iter().enumerate() {
+        let close = if i + 1 == topics.len() {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        reqs.extend_from_slice(
+            format!("POST /publish/{t} HTTP/1.1\r\nHost: x\r\n{close}Content-Length: 1\r\n\r\nx")
+                .as_bytes(),
+        );
+    }
+    let sender = std::thread::spawn(move || writer.write_all(&reqs).unwrap());
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    sender.join().unwrap();
+    let ok = raw.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    assert_eq!(ok, topics.len(), "every publish answered 200");
+}
+
+/// `GET /` lists at most 100 topics, the most followed first, with the total and a prefix
+/// filter, however many topics there are (issue 9, finding 6).
+#[test]
+fn index_page_is_bounded_whatever_the_number_of_topics() {
+    let server = util::start_default();
+    let addr = server.local_addr();
+    let topics: Vec<String> = (0..20_000).map(|i| format!("t/{i}")).collect();
+    publish_many(addr, &topics);
+    let _follower = util::ws_connect(addr, "/ws/chat/zzz");
+    util::wait_subscribers(&server, "chat/zzz", 1);
+    let start = std::time::Instant::now();
+    let resp = http_get(addr, "/");
+    let took = start.elapsed();
+    assert_eq!(resp.status, 200);
+    let page = resp.body_text();
+    eprintln!("GET / with 20,001 topics: {} bytes in {took:?}", page.len());
+    assert!(page.len() < 64 * 1024, "index page of {} bytes", page.len());
+    assert!(page.contains("20001 topics"), "the total is shown");
+    let first_row = page.find("<td><code>").expect("a topic row");
+    assert!(
+        page[first_row..].starts_with("<td><code>chat/zzz</code>"),
+        "the most followed topic comes first"
+    );
+    let resp = http_get(addr, "/?prefix=t%2F1999");
+    let page = resp.body_text();
+    assert!(page.contains("11 match"), "t/1999 and t/19990..t/19999");
+    assert!(page.contains("<code>t/19995</code>") && !page.contains("<code>t/1998</code>"));
+}
+
 #[test]
 fn head_has_the_headers_of_get_and_no_body() {
     let server = util::start_default();

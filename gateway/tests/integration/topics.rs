@@ -332,7 +332,7 @@ fn publish_refusals() {
         format!("POST /publish/news/eu HTTP/1.1\r\nHost: {addr}\r\n{auth}Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n").as_bytes(),
     );
     assert_eq!(chunked.status, 411);
-    assert_eq!(metric(addr, "gateway_http_refused_other_total"), 1);
+    assert_eq!(metric(addr, "gateway_http_refused_411_total"), 1);
 
     // Without a configured token, only loopback may publish: a "remote" client gets 403.
     let server = util::start(util::Config {

@@ -15,15 +15,19 @@ use crate::http::response::{JSON, Response, TEXT, status_text, write_refusal};
 use crate::http::{self as routes, PlainContext, Route};
 use crate::proto::handshake::{self, HandshakeError, Request, ServerPolicy};
 use crate::server::stats::WorkerStats;
-use crate::topics::{Refused, TopicId, TopicKind, is_valid_topic};
+use crate::topics::{INDEX_TOPICS, Refused, TopicId, TopicKind, is_valid_topic};
 
 /// The answer when a new topic would pass `--max-topics`.
 pub(super) const TOO_MANY_TOPICS: &str = "the gateway holds its limit of topics (--max-topics)";
 /// The answer to a publish while the workers are behind (`--max-backlog`).
 pub(super) const BUSY: &str = "the gateway is delivering a backlog (--max-backlog): retry shortly";
 
-const RESPONSE_503: &[u8] =
+/// The answer over `--max-conns`.
+pub(super) const RESPONSE_503_AT_CAPACITY: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\n\r\nserver at its connection limit\n";
+/// The answer when the process has no file descriptor left (given through the reserve).
+pub(super) const RESPONSE_503_NO_FDS: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\nRetry-After: 1\r\n\r\nserver out of file descriptors\n";
 
 /// What happens to the connection after an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +50,10 @@ impl Worker {
                 return input.len();
             }
         };
+        if let Err(e) = req.check_framing() {
+            self.refuse(key, &e);
+            return input.len();
+        }
         let (route, param) = routes::route(req.path());
         if route == Route::Publish {
             return self.publish_request(key, &req, param, input);
@@ -149,9 +157,14 @@ impl Worker {
                     "bytes of those messages (payload plus a fixed overhead each)",
                     bytes as u64,
                 ),
+                (
+                    "history_bytes",
+                    "payload bytes held in the history of all stream topics (--history-memory)",
+                    shared.hub.history_bytes() as u64,
+                ),
             ])
         };
-        let topics = || shared.hub.snapshot();
+        let topics = |prefix: &str| shared.hub.top_topics(prefix, INDEX_TOPICS);
         let file = |name: &str| feeds::file_view(&shared, name);
         let mut out = mem::take(&mut self.scratch);
         out.clear();
@@ -230,6 +243,7 @@ impl Worker {
             400 => &s.http_refused_400_total,
             401 => &s.http_refused_401_total,
             403 => &s.http_refused_403_total,
+            411 => &s.http_refused_411_total,
             413 => &s.http_refused_413_total,
             404 => &s.http_refused_404_total,
             405 => &s.http_refused_405_total,
@@ -317,13 +331,13 @@ enum Refusal {
     Handshake(HandshakeError),
 }
 
-/// Answers 503 on a connection over the limit without giving it a slot: the answer (which fits
-/// a fresh socket's send buffer), a FIN, and whatever request bytes already arrived are read, so
+/// Answers a connection (503) without giving it a slot: the answer (which fits a fresh
+/// socket's send buffer), a FIN, and whatever request bytes already arrived are read, so
 /// closing does not reset the connection and destroy the answer. Bytes arriving later can still
-/// draw a reset; a client over the limit gets best effort, not a slot.
-pub(super) fn refuse_at_capacity(stream: &mio::net::TcpStream) {
+/// draw a reset; a client refused this way gets best effort, not a slot.
+pub(super) fn refuse_without_slot(stream: &mio::net::TcpStream, response: &[u8]) {
     let mut s = stream;
-    let _ = s.write(RESPONSE_503);
+    let _ = s.write(response);
     let _ = stream.shutdown(Shutdown::Write);
     let mut sink = [0u8; 4096];
     for _ in 0..4 {

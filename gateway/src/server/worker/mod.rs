@@ -1,8 +1,9 @@
 //! One worker: a mio `Poll`, its listener, a `Slab` of connections, a buffer pool, a timer
 //! wheel and its share of topic subscriptions, all owned by one thread. This file owns the
-//! worker's state, its loop, accepting, and removing connections.
+//! worker's state, its loop, and removing connections.
 //!
 //! The files of the worker, in the order a message meets them:
+//! - [`accept`]: new connections: `--max-conns`, and running out of descriptors (retry, reserve).
 //! - [`sockets`]: the edge-triggered I/O rules and the cork: reading, sending, queueing, draining.
 //! - [`http`]: a request head: route, upgrade or refusal, plain answers, the publish API.
 //! - [`ws`]: an open WebSocket: the `proto::Session` driven with the socket's bytes; echo.
@@ -32,6 +33,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+mod accept;
 mod delivery;
 mod drain;
 mod feeds;
@@ -115,7 +117,10 @@ pub(crate) struct Worker {
     generations: Generations,
     /// Connections that used up their read budget and still have input.
     backlog: Vec<ConnId>,
-    accept_errors: u64,
+    /// Steps left in the turn of the connection being read (see `sockets::STEPS_PER_TURN`).
+    steps_left: u32,
+    /// Accepting after EMFILE/ENFILE: the retry timer, the reserve descriptor.
+    accept: accept::AcceptState,
     /// Published messages from the hub.
     mailbox: Inbox,
     /// Connections with frames queued in the current delivery batch.
@@ -186,7 +191,8 @@ impl Worker {
             timeouts: timers::session_timeouts(cfg),
             generations: Generations::default(),
             backlog: Vec::new(),
-            accept_errors: 0,
+            steps_left: 0,
+            accept: accept::AcceptState::new(),
             mailbox,
             batch: Vec::new(),
             last_flush: Instant::now(),
@@ -223,7 +229,7 @@ impl Worker {
                     .map(|at| at.saturating_duration_since(Instant::now()))
                     // Paused publishers wait on other workers' backlogs: look again soon.
                     .or((!self.hub_paused.is_empty()).then_some(PAUSED_RECHECK));
-                [timer, flush, self.drain_timeout()]
+                [timer, flush, self.drain_timeout(), self.accept.retry_in()]
                     .into_iter()
                     .flatten()
                     .min()
@@ -247,7 +253,7 @@ impl Worker {
             self.now = self.tick_now();
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(true),
                     WAKER => {}
                     t => {
                         let closed = ev.is_read_closed() || ev.is_error();
@@ -257,9 +263,13 @@ impl Worker {
                     }
                 }
             }
+            if self.accept.retry_due() {
+                self.accept(false);
+            }
             self.drain_mailbox();
             for id in mem::take(&mut self.backlog) {
                 if self.is_live(id) {
+                    self.conns[id.slot()].backlogged = false;
                     self.read_ready(id.slot(), false);
                     self.reap(id.slot());
                 }
@@ -275,55 +285,6 @@ impl Worker {
         self.conns
             .get(id.slot())
             .is_some_and(|c| c.generation == id.generation)
-    }
-
-    fn accept(&mut self) {
-        loop {
-            let Some(listener) = self.listener.as_ref() else {
-                return;
-            };
-            match listener.accept() {
-                Ok((mut stream, _peer)) => {
-                    WorkerStats::add(&self.stats().accepted_total, 1);
-                    let open = self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
-                    if open >= self.shared.config.max_conns {
-                        self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
-                        WorkerStats::add(&self.stats().refused_max_conns_total, 1);
-                        http::refuse_at_capacity(&stream);
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    let entry = self.conns.vacant_entry();
-                    let id = ConnId::new(entry.key(), self.generations.next_generation());
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut stream, id.token(), interest)
-                        .is_err()
-                    {
-                        self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    entry.insert(Conn::new(stream, id.generation, self.now));
-                    self.arm_timer(id.slot());
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // EMFILE and friends: the connection stays in the kernel's queue. Say so
-                    // now and then, not on every attempt.
-                    self.accept_errors += 1;
-                    if self.accept_errors.is_power_of_two() {
-                        eprintln!(
-                            "gateway: worker {}: accept failed ({} times): {e}",
-                            self.id, self.accept_errors
-                        );
-                    }
-                    return;
-                }
-            }
-        }
     }
 
     fn conn_event(&mut self, id: ConnId, readable: bool, writable: bool, read_closed: bool) {

@@ -29,8 +29,9 @@ impl Worker {
         self.arm_timer(key);
     }
 
-    /// Reads frames; returns the bytes consumed. The message buffer comes from the pool, or
-    /// from the side table when a message spans reads, and goes back to one of them.
+    /// Reads frames, within the turn's budget of steps; returns the bytes consumed. The message
+    /// buffer comes from the pool, or from the side table when a message spans reads, and goes
+    /// back to one of them.
     pub(super) fn read_frames(&mut self, key: usize, input: &mut [u8]) -> usize {
         let mut msg = match self.partial_msgs.remove(&key) {
             Some(buf) => buf,
@@ -56,6 +57,11 @@ impl Worker {
             if conn.dead {
                 return input.len();
             }
+            // The turn's frame budget is spent: the rest waits for the next turn.
+            if self.steps_left == 0 {
+                return pos;
+            }
+            self.steps_left -= 1;
             let now = self.now;
             let step = match ws
                 .session
@@ -152,6 +158,7 @@ impl Worker {
         let counter = match e.close_code() {
             CloseCode::INVALID_DATA => &s.close_1007_total,
             CloseCode::TOO_BIG => &s.close_1009_total,
+            CloseCode::POLICY => &s.close_1008_total,
             _ => &s.close_1002_total,
         };
         WorkerStats::add(counter, 1);
