@@ -38,6 +38,9 @@ struct Args {
     /// Most open connections; more are answered 503 [default: open-file limit - 64].
     #[arg(long)]
     max_conns: Option<usize>,
+    /// Open connections one client address may hold (more get 503); 0: no limit.
+    #[arg(long, default_value_t = DEFAULTS.max_conns_per_ip)]
+    max_conns_per_ip: usize,
     /// Largest message accepted in bytes (after decompression); larger ones close with 1009.
     #[arg(long, default_value_t = DEFAULTS.max_message)]
     max_message: usize,
@@ -137,6 +140,7 @@ impl Args {
             workers: self.workers.unwrap_or(defaults.workers).max(1),
             reuse_port: self.reuse_port || defaults.reuse_port,
             max_conns: self.max_conns.unwrap_or(defaults.max_conns),
+            max_conns_per_ip: self.max_conns_per_ip,
             max_message: self.max_message,
             max_queued: self.max_queued,
             handshake_timeout: self.handshake_timeout.0,
@@ -270,6 +274,7 @@ mod tests {
             reuse_port,
             backlog,
             max_conns,
+            max_conns_per_ip,
             max_message,
             max_queued,
             handshake_timeout,
@@ -295,6 +300,7 @@ mod tests {
         assert_eq!(*reuse_port, want.reuse_port, "reuse_port");
         assert_eq!(*backlog, want.backlog, "backlog");
         assert_eq!(*max_conns, want.max_conns, "max_conns");
+        assert_eq!(*max_conns_per_ip, want.max_conns_per_ip, "max_conns_per_ip");
         assert_eq!(*max_message, want.max_message, "max_message");
         assert_eq!(*max_queued, want.max_queued, "max_queued");
         assert_eq!(

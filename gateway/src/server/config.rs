@@ -24,6 +24,9 @@ pub struct Config {
     /// Open connections (WebSocket and HTTP) across all workers; more are answered 503. Default:
     /// the open-file limit less a reserve of 64.
     pub max_conns: usize,
+    /// Open connections one client address may hold; more are answered 503. 0: no limit.
+    /// Default 0 (clients behind one NAT or proxy share an address).
+    pub max_conns_per_ip: usize,
     /// Largest message accepted, after decompression; larger ones close with 1009. Default 64 KiB.
     pub max_message: usize,
     /// Outbound bytes a connection may have queued before the gateway stops reading from it.
@@ -94,6 +97,7 @@ impl Default for Config {
             reuse_port: false,
             backlog: 4096,
             max_conns: default_max_conns(),
+            max_conns_per_ip: 0,
             max_message: 64 * 1024,
             max_queued: 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),

@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub shutdown: AtomicBool,
     /// A graceful drain was asked for ([`ServerHandle::drain`]).
     pub draining: AtomicBool,
+    /// Open connections per client address (only with `--max-conns-per-ip`).
+    pub per_ip: PerIp,
     pub open_conns: AtomicUsize,
     pub stats: Stats,
     /// Shared with the feed threads, which publish to it.
@@ -71,6 +73,7 @@ impl Server {
             config,
             shutdown: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            per_ip: PerIp::default(),
             open_conns: AtomicUsize::new(0),
         });
         let mut mailboxes = Vec::new();
@@ -240,6 +243,34 @@ impl Drainer {
         self.shared.draining.store(true, Ordering::SeqCst);
         for w in &self.wakers {
             w.wake();
+        }
+    }
+}
+
+/// Open connections per client address, across workers. Consulted only when
+/// `--max-conns-per-ip` is set: one short lock per accept and per close.
+#[derive(Debug, Default)]
+pub(crate) struct PerIp(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>);
+
+impl PerIp {
+    /// Counts one more connection from `ip` unless it already has `limit`.
+    pub fn try_add(&self, ip: std::net::IpAddr, limit: usize) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n as usize >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn remove(&self, ip: std::net::IpAddr) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
         }
     }
 }

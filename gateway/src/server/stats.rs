@@ -25,6 +25,7 @@ macro_rules! counters {
 counters! {
     accepted_total: "TCP connections accepted",
     refused_max_conns_total: "connections refused with 503 because --max-conns was reached",
+    refused_per_ip_total: "connections refused with 503 because their address had --max-conns-per-ip open",
     accept_errors_total: "accept() failures (EMFILE, ENFILE, ...): the connection stays queued; accepting is retried every 50 ms",
     refused_no_fds_total: "queued connections answered 503 through the reserve descriptor after a second without file descriptors",
     http_requests_total: "plain HTTP requests answered",

@@ -269,3 +269,27 @@ fn the_503_ends_with_an_orderly_close_not_a_reset() {
         );
     }
 }
+
+#[test]
+fn over_max_conns_per_ip_is_answered_503_until_one_closes() {
+    let server = util::start(util::Config {
+        max_conns_per_ip: 2,
+        ..util::config()
+    });
+    let addr = server.local_addr();
+    let (a, _) = util::raw_handshake(addr, &[]);
+    let (mut b, _) = util::raw_handshake(addr, &[]);
+    let (mut third, resp) = util::try_raw_handshake(addr, "/echo", &[]);
+    assert_eq!(resp.status, 503, "{resp:?}");
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    drop(third.stream.shutdown(std::net::Shutdown::Both));
+    assert_eq!(server.stats().total("refused_per_ip_total"), 1);
+    // The refused one did not count; once one closes, a new client gets in.
+    drop(a);
+    util::eventually("a slot frees up", Duration::from_secs(5), || {
+        let (ws, resp) = util::try_raw_handshake(addr, "/echo", &[]);
+        (resp.status == 101).then_some(ws)
+    });
+    b.send_text("still here");
+    b.expect_text("still here");
+}

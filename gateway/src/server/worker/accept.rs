@@ -12,6 +12,7 @@
 
 use std::fs::File;
 use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -81,10 +82,10 @@ impl Worker {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     self.accept.nobody_waiting();
                     maybe_queued = true;
-                    self.admit(stream);
+                    self.admit(stream, peer.ip().to_canonical());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.accept.nobody_waiting();
@@ -100,8 +101,9 @@ impl Worker {
         }
     }
 
-    /// Gives an accepted connection a slot, or a 503 over `--max-conns`.
-    fn admit(&mut self, mut stream: mio::net::TcpStream) {
+    /// Gives an accepted connection a slot, or a 503 over `--max-conns` or
+    /// `--max-conns-per-ip`.
+    fn admit(&mut self, mut stream: mio::net::TcpStream, ip: IpAddr) {
         WorkerStats::add(&self.stats().accepted_total, 1);
         let open = self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
         if open >= self.shared.config.max_conns {
@@ -110,8 +112,18 @@ impl Worker {
             http::refuse_without_slot(&stream, http::RESPONSE_503_AT_CAPACITY);
             return;
         }
+        let per_ip = self.shared.config.max_conns_per_ip;
+        if per_ip > 0 && !self.shared.per_ip.try_add(ip, per_ip) {
+            self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+            WorkerStats::add(&self.stats().refused_per_ip_total, 1);
+            http::refuse_without_slot(&stream, http::RESPONSE_503_PER_IP);
+            return;
+        }
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
+        if per_ip > 0 {
+            self.peer_ips.insert(entry.key(), ip);
+        }
         let id = ConnId::new(entry.key(), self.generations.next_generation());
         let interest = Interest::READABLE | Interest::WRITABLE;
         if self
@@ -121,6 +133,9 @@ impl Worker {
             .is_err()
         {
             self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+            if let Some(ip) = self.peer_ips.remove(&id.slot()) {
+                self.shared.per_ip.remove(ip);
+            }
             return;
         }
         entry.insert(Conn::new(stream, id.generation, self.now));

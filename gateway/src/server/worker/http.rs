@@ -25,6 +25,9 @@ pub(super) const BUSY: &str = "the gateway is delivering a backlog (--max-backlo
 /// The answer over `--max-conns`.
 pub(super) const RESPONSE_503_AT_CAPACITY: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\n\r\nserver at its connection limit\n";
+/// The answer over `--max-conns-per-ip`.
+pub(super) const RESPONSE_503_PER_IP: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 39\r\nConnection: close\r\nRetry-After: 1\r\n\r\ntoo many connections from your address\n";
 /// The answer when the process has no file descriptor left (given through the reserve).
 pub(super) const RESPONSE_503_NO_FDS: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\nRetry-After: 1\r\n\r\nserver out of file descriptors\n";

@@ -139,8 +139,10 @@ pub(crate) struct Worker {
     partial_input: SideTable<Vec<u8>>,
     /// messages that span reads,
     partial_msgs: SideTable<Vec<u8>>,
-    /// and the topics of a `/ws` connection after its first.
+    /// the topics of a `/ws` connection after its first,
     more_topics: SideTable<Vec<TopicId>>,
+    /// and each connection's address, while `--max-conns-per-ip` is on.
+    peer_ips: SideTable<std::net::IpAddr>,
     /// This worker's subscriptions.
     local: LocalTopics,
     due_subs: Vec<Sub>,
@@ -202,6 +204,7 @@ impl Worker {
             partial_input: SideTable::default(),
             partial_msgs: SideTable::default(),
             more_topics: SideTable::default(),
+            peer_ips: SideTable::default(),
             local: LocalTopics::default(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),
@@ -318,6 +321,9 @@ impl Worker {
         }
         if let Some(buf) = self.partial_input.remove(&key) {
             self.pool.put(buf);
+        }
+        if let Some(ip) = self.peer_ips.remove(&key) {
+            self.shared.per_ip.remove(ip);
         }
         if let Some(out) = conn.out {
             out.recycle(&mut self.pool);
