@@ -12,6 +12,7 @@
 pub mod config;
 mod conn;
 pub mod conn_id;
+pub mod histogram;
 mod outbox;
 mod pool;
 pub mod stats;

@@ -1,7 +1,10 @@
-//! Counters: one block per worker (each on its own cache lines), summed when read.
+//! Counters and latency histograms: one block per worker (each on its own cache lines), summed
+//! when read.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::histogram::{self, Histogram};
 
 macro_rules! counters {
     ($( $field:ident : $help:literal ),* $(,)?) => {
@@ -75,17 +78,33 @@ impl WorkerStats {
 #[derive(Debug)]
 pub struct Stats {
     workers: Vec<WorkerStats>,
+    latencies: Vec<Latencies>,
+}
+
+/// One worker's latency histograms.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Latencies {
+    /// From publish to the write of the frame to each subscriber (weighted per delivery).
+    pub delivery: Histogram,
+    /// From accepting the TCP connection to sending the 101.
+    pub handshake: Histogram,
 }
 
 impl Stats {
     pub fn new(workers: usize) -> Stats {
         Stats {
             workers: (0..workers).map(|_| WorkerStats::default()).collect(),
+            latencies: (0..workers).map(|_| Latencies::default()).collect(),
         }
     }
 
     pub fn worker(&self, id: usize) -> &WorkerStats {
         &self.workers[id]
+    }
+
+    pub fn latencies(&self, id: usize) -> &Latencies {
+        &self.latencies[id]
     }
 
     /// The sum of one counter over all workers, by name.
@@ -119,6 +138,18 @@ impl Stats {
                 "# HELP gateway_{name} {help}\n# TYPE gateway_{name} counter\ngateway_{name} {v}"
             );
         }
+        histogram::render(
+            &mut out,
+            "delivery_latency_seconds",
+            "time from a message's publish to the write of its frame, per delivery",
+            self.latencies.iter().map(|l| &l.delivery),
+        );
+        histogram::render(
+            &mut out,
+            "handshake_seconds",
+            "time from accepting a connection to sending its 101",
+            self.latencies.iter().map(|l| &l.handshake),
+        );
         out
     }
 }

@@ -93,6 +93,8 @@ pub struct Published {
     /// A version stamp the publisher may set (0 when unused): for `file/..` topics, the file's
     /// modification time in nanoseconds, which `/ws/file/{name}?lastMod=` compares against.
     pub stamp: u64,
+    /// When it was published (for the delivery latency histogram).
+    pub at: std::time::Instant,
     /// Encoded frames: [style][0 = uncompressed, 1..=8 = window bits 8..=15].
     frames: [[OnceLock<Arc<[u8]>>; 9]; 2],
 }
@@ -115,6 +117,7 @@ impl Published {
             topic_kind,
             payload,
             stamp,
+            at: std::time::Instant::now(),
             frames: Default::default(),
         }
     }

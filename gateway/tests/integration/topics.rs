@@ -474,3 +474,34 @@ fn pages_and_index() {
     assert!(index.body_text().contains("<td>1</td>"));
     assert_eq!(util::http_get(addr, "/chat/a/b").status, 404);
 }
+
+#[test]
+fn metrics_have_delivery_and_handshake_latency_histograms() {
+    let server = util::start_default();
+    let addr = server.local_addr();
+    let mut subs: Vec<_> = (0..3).map(|_| ws_connect(addr, "/ws/chat/hist")).collect();
+    wait_subscribers(&server, "chat/hist", 3);
+    for i in 0..4 {
+        let r = publish(addr, "chat/hist", format!("m{i}").as_bytes(), "");
+        assert_eq!(r.status, 200);
+    }
+    for s in &mut subs {
+        for i in 0..4 {
+            assert_eq!(next_text(s), format!("m{i}"));
+        }
+    }
+    let text = util::http::metrics_text(addr);
+    let value = |line: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in /metrics:\n{text}"))
+    };
+    assert_eq!(value("gateway_delivery_latency_seconds_count "), 12.0);
+    assert_eq!(
+        value("gateway_delivery_latency_seconds_bucket{le=\"+Inf\"} "),
+        12.0
+    );
+    assert!(value("gateway_delivery_latency_seconds_sum ") > 0.0);
+    assert_eq!(value("gateway_handshake_seconds_count "), 3.0);
+}

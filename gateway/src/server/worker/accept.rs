@@ -139,6 +139,7 @@ impl Worker {
             return;
         }
         entry.insert(Conn::new(stream, id.generation, self.now));
+        self.accepted_at.insert(id.slot(), Instant::now());
         self.arm_timer(id.slot());
     }
 

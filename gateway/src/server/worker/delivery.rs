@@ -99,6 +99,9 @@ impl Worker {
             }
         }
         WorkerStats::add(&self.stats().deliveries_total, due.len() as u64);
+        if !due.is_empty() {
+            self.batch_times.push((msg.at, due.len() as u64));
+        }
         self.due_subs = due;
     }
 
@@ -124,6 +127,11 @@ impl Worker {
 
     /// Writes every subscriber of the batch once; closes those left too far behind.
     fn write_batch(&mut self) {
+        let now = std::time::Instant::now();
+        let latency = &self.shared.stats.latencies(self.id).delivery;
+        for (at, n) in self.batch_times.drain(..) {
+            latency.observe(now.saturating_duration_since(at), n);
+        }
         let mut batch = std::mem::take(&mut self.batch);
         for id in batch.drain(..) {
             if !self.is_live(id) {

@@ -123,6 +123,11 @@ impl Worker {
         accepted.write_response(&mut resp);
         self.send(key, &[&resp]);
         self.scratch = resp;
+        if let Some(at) = self.accepted_at.remove(&key) {
+            let handshake = &self.shared.stats.latencies(self.id).handshake;
+            handshake.observe(at.elapsed(), 1);
+            super::shrink_side(&mut self.accepted_at);
+        }
         self.open(key, route, accepted.deflate);
         match route {
             Route::Chat => self.subscribe_chat(key, room.expect("chat rooms have a topic")),

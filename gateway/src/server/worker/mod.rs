@@ -83,6 +83,14 @@ impl Hasher for SlotHasher {
     }
 }
 
+/// Gives back a side table's memory once it is mostly empty (after a burst of connections), so
+/// that idle connections do not pay for what their handshakes needed.
+fn shrink_side<V>(table: &mut SideTable<V>) {
+    if table.capacity() > 1024 && table.len() < table.capacity() / 4 {
+        table.shrink_to(table.len() * 2);
+    }
+}
+
 /// How often a worker with paused publishers checks whether the hub caught up.
 const PAUSED_RECHECK: Duration = Duration::from_millis(10);
 /// Pooled buffers kept per worker.
@@ -125,6 +133,8 @@ pub(crate) struct Worker {
     mailbox: Inbox,
     /// Connections with frames queued in the current delivery batch.
     batch: Vec<ConnId>,
+    /// Publish times of the batch's messages, with their deliveries (for the histogram).
+    batch_times: Vec<(Instant, u64)>,
     /// When the last delivery batch was written, and when the pending one is due (see
     /// `Worker::write_batch_when_due`); messages queued since the last write.
     last_flush: Instant,
@@ -141,8 +151,10 @@ pub(crate) struct Worker {
     partial_msgs: SideTable<Vec<u8>>,
     /// the topics of a `/ws` connection after its first,
     more_topics: SideTable<Vec<TopicId>>,
-    /// and each connection's address, while `--max-conns-per-ip` is on.
+    /// each connection's address, while `--max-conns-per-ip` is on,
     peer_ips: SideTable<std::net::IpAddr>,
+    /// and when a connection still in its request head was accepted.
+    accepted_at: SideTable<Instant>,
     /// This worker's subscriptions.
     local: LocalTopics,
     due_subs: Vec<Sub>,
@@ -197,6 +209,7 @@ impl Worker {
             accept: accept::AcceptState::new(),
             mailbox,
             batch: Vec::new(),
+            batch_times: Vec::new(),
             last_flush: Instant::now(),
             flush_due: None,
             batch_messages: 0,
@@ -205,6 +218,7 @@ impl Worker {
             partial_msgs: SideTable::default(),
             more_topics: SideTable::default(),
             peer_ips: SideTable::default(),
+            accepted_at: SideTable::default(),
             local: LocalTopics::default(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),
@@ -324,6 +338,9 @@ impl Worker {
         }
         if let Some(ip) = self.peer_ips.remove(&key) {
             self.shared.per_ip.remove(ip);
+        }
+        if self.accepted_at.remove(&key).is_some() {
+            shrink_side(&mut self.accepted_at);
         }
         if let Some(out) = conn.out {
             out.recycle(&mut self.pool);
