@@ -102,7 +102,10 @@ fn queued_clients_are_answered_while_descriptors_run_out_and_served_once_they_fr
         .collect();
     let (first, mut kept) = answers(first);
 
-    // 2. Exhaustion that ends: clients queued meanwhile are served soon after.
+    // 2. Exhaustion that ends: clients queued meanwhile are served soon after. (First let the
+    // worker see the queue empty, which its next retry does within 50 ms: a client that
+    // arrives while it is still shedding the first ones is shed too, as it should be.)
+    thread::sleep(Duration::from_millis(200));
     let t1 = Instant::now();
     let second: Vec<_> = socks.map(|s| queued_client(s, addr, t1)).collect();
     thread::sleep(Duration::from_millis(300));
