@@ -6,7 +6,7 @@
 # Scenarios (SCENARIOS, in this order; loadgen flags in brackets):
 #   hifan    high-rate fan-out, HTTP publisher [--scenario fanout --conns 1000 --rate 1000
 #            --size 64 --duration 10s]: delivered/expected, deliveries/s as a share of the
-#            offered conns x rate, p50/p99 (corrected for coordinated omission, as loadgen
+#            offered conns x rate, accepted/scheduled publishes, p50/p99 (corrected for coordinated omission, as loadgen
 #            reports them), deliveries per server CPU-second
 #   echo20   [--scenario echo --conns 100 --pipeline 1 --size 20 --duration 5s]
 #   echo512  [... --size 512]
@@ -153,6 +153,7 @@ def us(v):
 # (scenario, label, function, unit, higher_is_better)
 rows = {
     "hifan": [
+        ("accepted / scheduled (rate x duration)", lambda r: g(r, "fanout", "accepted") / (g(r, "fanout", "rate") * g(r, "duration_s")) if g(r, "fanout", "rate") and g(r, "duration_s") else None, "%", True),
         ("delivered / expected", lambda r: g(r, "fanout", "delivered") / g(r, "fanout", "expected") if g(r, "fanout", "expected") else None, "%", True),
         ("deliveries/s / offered (1000 x 1000/s)", lambda r: g(r, "fanout", "deliveries_per_s") / (g(r, "conns") * g(r, "fanout", "rate")) if g(r, "fanout", "rate") else None, "%", True),
         ("delivery p50 (CO-corrected)", lambda r: g(r, "fanout", "latency", "p50_us"), "us", False),
@@ -160,6 +161,7 @@ rows = {
         ("delivery p99 (uncorrected)", lambda r: g(r, "fanout", "latency_uncorrected", "p99_us"), "us", False),
         ("deliveries per server CPU-s", lambda r: per_cpu(g(r, "fanout", "deliveries"), r), "", True),
         ("server CPU, % of one core", lambda r: g(r, "cpu", "targets_pct"), "pct", None),
+        ("publisher's worst lag behind schedule", lambda r: g(r, "fanout", "publisher_max_lag_us"), "us", False),
     ],
     "echo20": [
         ("msgs per server CPU-s", lambda r: per_cpu(g(r, "echo", "verified"), r), "", True),
