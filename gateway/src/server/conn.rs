@@ -109,6 +109,14 @@ impl Conn {
         ConnId::new(slot, self.generation)
     }
 
+    /// The connection's outbox, taking an empty one from `spare` (the worker's reusable ones)
+    /// if it has none.
+    #[expect(clippy::vec_box, reason = "connections hold outboxes boxed")]
+    pub fn outbox<'a>(&'a mut self, spare: &mut Vec<Box<Outbox>>) -> &'a mut Outbox {
+        self.out
+            .get_or_insert_with(|| spare.pop().unwrap_or_default())
+    }
+
     /// Bytes queued for the socket.
     pub fn queued(&self) -> usize {
         self.out.as_ref().map_or(0, |o| o.queued())

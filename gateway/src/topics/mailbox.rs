@@ -110,8 +110,4 @@ impl Inbox {
     pub fn is_pending(&self) -> bool {
         self.backlog.messages() > 0
     }
-
-    pub fn backlog(&self) -> &Backlog {
-        &self.backlog
-    }
 }

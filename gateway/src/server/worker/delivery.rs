@@ -115,9 +115,7 @@ impl Worker {
         if conn.write_shut {
             return;
         }
-        let out = conn
-            .out
-            .get_or_insert_with(|| self.outboxes.pop().unwrap_or_default());
+        let out = conn.outbox(&mut self.outboxes);
         out.push_shared(frame, msg.topic, msg.topic_kind == TopicKind::Latest, 0);
         if !conn.batched {
             conn.batched = true;

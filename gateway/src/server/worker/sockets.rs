@@ -181,9 +181,7 @@ impl Worker {
             _ => return,
         };
         let conn = &mut self.conns[key];
-        let out = conn
-            .out
-            .get_or_insert_with(|| self.outboxes.pop().unwrap_or_default());
+        let out = conn.outbox(&mut self.outboxes);
         let mut skip = written;
         for part in parts {
             if skip >= part.len() {
@@ -210,9 +208,7 @@ impl Worker {
             _ => return,
         };
         let conn = &mut self.conns[key];
-        let out = conn
-            .out
-            .get_or_insert_with(|| self.outboxes.pop().unwrap_or_default());
+        let out = conn.outbox(&mut self.outboxes);
         out.push_shared(frame, topic, latest, written);
     }
 
