@@ -90,8 +90,17 @@ fn queued_clients_are_answered_while_descriptors_run_out_and_served_once_they_fr
         .map(|_| Socket::new(Domain::IPV4, Type::STREAM, None).unwrap())
         .collect();
     let mut socks = socks.into_iter();
-    gateway::sys::set_nofile_soft_limit(highest_fd() + 1).unwrap();
+    // The limit leaves room above the highest descriptor in use, so the filler holds enough
+    // descriptors that freeing them serves every client of step 2 at once, even while the
+    // connections answered before them are still open. (With the limit at the highest
+    // descriptor, the filler held only the holes below it: sometimes one.)
+    gateway::sys::set_nofile_soft_limit(highest_fd() + 1 + 16).unwrap();
     let filler = fill_descriptors();
+    assert!(
+        filler.len() >= 16,
+        "filled only {} descriptors",
+        filler.len()
+    );
 
     // 1. Exhaustion that lasts: the queued clients are told 503 (the reserve descriptor).
     let t0 = Instant::now();
