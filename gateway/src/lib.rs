@@ -6,12 +6,15 @@
 //!   subscribers.
 //! - [`feeds`]: what feeds topics from files: file watch (`file/NAME`) and log tail (`log/NAME`).
 //! - [`http`]: routing of requests on the one port, and the plain HTTP answers.
-//! - [`cli`]: command-line helpers shared with `loadgen` (durations).
+//! - [`cli`]: command-line helpers shared with `loadgen` (durations), and the layers of the
+//!   configuration (flags, `GATEWAY_*` environment, `--config` file).
+//! - [`logging`]: the operator's log lines (text or JSON) through the `log` facade.
 //! - [`sys`]: the few operating-system calls std does not wrap (resource limits).
 
 pub mod cli;
 pub mod feeds;
 pub mod http;
+pub mod logging;
 pub mod proto;
 pub mod server;
 pub mod sys;

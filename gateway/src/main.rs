@@ -1,7 +1,10 @@
-//! The `gateway` binary: parses flags into a [`Config`], raises the open-file limit, and runs
-//! the server until it is killed. Every flag's default is read from [`Config::default`], so
-//! `--help` and the library cannot disagree.
+//! The `gateway` binary: merges the configuration's layers (flags, `GATEWAY_*` environment,
+//! `--config` file; [`gateway::cli::layers`]) into a [`Config`], raises the open-file limit,
+//! and runs the server: SIGTERM or SIGINT drains it, SIGHUP reloads the configuration. Every
+//! flag's default is read from [`Config::default`], so `--help` and the library cannot
+//! disagree.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,12 +13,15 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use gateway::cli::layers;
 use gateway::cli::parse_duration;
+use gateway::logging;
 use gateway::proto::DeflateConfig;
 use gateway::server::config::format_duration;
 use gateway::server::{Config, Server};
 use gateway::topics::HistoryConfig;
+use log::LevelFilter;
 
 /// Where the flags' defaults come from. `workers` and `max_conns` are not taken from here:
 /// they depend on the machine and on the open-file limit, raised after parsing.
@@ -25,6 +31,20 @@ static DEFAULTS: LazyLock<Config> = LazyLock::new(Config::default);
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version)]
 struct Args {
+    /// Read settings from this TOML file: each key is a long flag's name (`max-conns = 1000`,
+    /// `allow-origin = ["https://a.example"]`). Precedence: flag > GATEWAY_<FLAG> environment
+    /// variable > file > default. SIGHUP rereads it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML (every key) and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Log lines as `text` or `json` (one object per line).
+    #[arg(long, value_name = "FORMAT", default_value_t = logging::Format::default())]
+    log_format: logging::Format,
+    /// Least severe log lines shown: off, error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL", default_value_t = logging::DEFAULT_LEVEL, value_parser = logging::parse_level)]
+    log_level: LevelFilter,
     /// Address to listen on.
     #[arg(long, default_value_t = DEFAULTS.listen)]
     listen: SocketAddr,
@@ -76,7 +96,7 @@ struct Args {
     no_deflate: bool,
     /// Bearer token that `POST /publish/..` from non-loopback clients must present. Without
     /// one, only loopback clients may publish.
-    #[arg(long, env = "GATEWAY_PUBLISH_TOKEN", hide_env_values = true)]
+    #[arg(long)]
     publish_token: Option<String>,
     /// Topics clients may create in all (subscriptions, chat rooms, publishing); past it new
     /// names are refused.
@@ -194,59 +214,167 @@ impl FromStr for FlagDuration {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli: Vec<OsString> = std::env::args_os().collect();
+    let (args, matches) = match parse_layers(&cli) {
+        Ok(parsed) => parsed,
+        Err(Exit::Clap(e)) => e.exit(),
+        Err(Exit::Config(e)) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let limits = gateway::sys::raise_nofile_limit();
+    if args.check_config {
+        let config = args.into_config(Config::default());
+        print!("{}", effective_toml(&matches, &config));
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = logging::Logger::install(args.log_format, args.log_level) {
+        eprintln!("gateway: cannot start logging: {e}");
+    }
+    if let Some(path) = &args.config {
+        log::info!("configuration file {}", path.display());
+    }
     let config = args.into_config(Config::default());
+    // Registered before the server starts, so that a signal sent as soon as the gateway says
+    // it listens is handled, not the default action (which kills the process).
+    let signals = register_signals();
     match Server::start(config.clone()) {
         Ok(server) => {
             let files = match limits {
                 Ok((soft, _)) => format!("open-file limit {soft}"),
                 Err(e) => format!("open-file limit unknown: {e}"),
             };
-            eprintln!(
-                "gateway: listening on {} ({} workers, max {} connections, {files})",
+            log::info!(
+                "listening on {} ({} workers, max {} connections, {files})",
                 server.local_addr(),
                 config.workers,
                 config.max_conns
             );
-            drain_on_signals(&server);
+            if let Some(signals) = signals {
+                handle_signals(signals, &server, cli);
+            }
+            server.log_refusals_every(REFUSALS_LOG_INTERVAL);
             server.join();
-            eprintln!("gateway: drained, exiting");
+            log::info!("drained, exiting");
             ExitCode::SUCCESS
         }
         Err(e) => {
+            log::error!("{e}");
             eprintln!("gateway: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// SIGTERM or SIGINT starts a graceful drain; a second one exits at once.
-fn drain_on_signals(server: &gateway::server::ServerHandle) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("gateway: cannot handle signals ({e}); SIGTERM will kill without a drain");
-            return;
-        }
+/// Why the program stops before it starts.
+enum Exit {
+    /// A command line clap refuses, or `--help`/`--version`: clap prints and exits.
+    Clap(clap::Error),
+    /// A bad configuration file or environment variable: `FILE:LINE: ...`, exit status 2.
+    Config(layers::LayerError),
+}
+
+/// Merges the configuration's layers for `cli` and parses the result.
+fn parse_layers(cli: &[OsString]) -> Result<(Args, clap::ArgMatches), Exit> {
+    let argv = layers::layered_args(&Args::command(), cli, &|k| std::env::var(k).ok())
+        .map_err(Exit::Config)?;
+    let matches = Args::command()
+        .try_get_matches_from(argv)
+        .map_err(Exit::Clap)?;
+    let args = Args::from_arg_matches(&matches).map_err(Exit::Clap)?;
+    Ok((args, matches))
+}
+
+/// `--check-config`: every key with its effective value; the token is not shown.
+fn effective_toml(matches: &clap::ArgMatches, config: &Config) -> String {
+    let resolved = |key: &str| match key {
+        "workers" => Some(config.workers.to_string()),
+        "max-conns" => Some(config.max_conns.to_string()),
+        _ => None,
     };
+    layers::effective_toml(&Args::command(), matches, &resolved, SECRETS)
+}
+
+/// How often refusals are logged, in aggregate (only when there were some).
+const REFUSALS_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Flags whose values `--check-config` and the logs never show.
+const SECRETS: &[&str] = &["publish-token"];
+
+/// SIGTERM or SIGINT starts a graceful drain, a second one exits at once; SIGHUP reloads the
+/// configuration from the same flags, environment and (reread) file.
+fn handle_signals(
+    mut signals: signal_hook::iterator::Signals,
+    server: &gateway::server::ServerHandle,
+    cli: Vec<OsString>,
+) {
+    use signal_hook::consts::SIGHUP;
     let drainer = server.drainer();
+    let reloader = server.reloader();
     let spawned = std::thread::Builder::new()
         .name("gw-signals".into())
         .spawn(move || {
-            let mut seen = signals.forever();
-            if let Some(sig) = seen.next() {
-                eprintln!("gateway: signal {sig}: draining (a second signal exits at once)");
-                drainer.drain();
-            }
-            if let Some(sig) = seen.next() {
-                eprintln!("gateway: signal {sig} during the drain: exiting now");
-                std::process::exit(1);
+            let mut draining = false;
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    reload(&reloader, &cli);
+                } else if !draining {
+                    log::info!("signal {sig}: draining (a second signal exits at once)");
+                    draining = true;
+                    drainer.drain();
+                } else {
+                    log::warn!("signal {sig} during the drain: exiting now");
+                    std::process::exit(1);
+                }
             }
         });
     if let Err(e) = spawned {
-        eprintln!("gateway: cannot start the signal thread: {e}");
+        log::error!("cannot start the signal thread: {e}");
+    }
+}
+
+/// Starts catching SIGTERM, SIGINT and SIGHUP.
+fn register_signals() -> Option<signal_hook::iterator::Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::error!("cannot handle signals ({e}); SIGTERM will kill without a drain");
+            None
+        }
+    }
+}
+
+/// Rereads the configuration and applies it; a bad one is logged and the running one kept.
+fn reload(server: &gateway::server::Reloader, cli: &[OsString]) {
+    let args = match parse_layers(cli) {
+        Ok((args, _)) => args,
+        Err(Exit::Config(e)) => {
+            log::error!("reload: {e}; keeping the running configuration");
+            return;
+        }
+        Err(Exit::Clap(e)) => {
+            let e = e.render().to_string();
+            let first = e.lines().next().unwrap_or_default();
+            log::error!("reload: {first}; keeping the running configuration");
+            return;
+        }
+    };
+    let report = server.reload(&args.into_config(Config::default()));
+    let list = |v: &[&str]| {
+        if v.is_empty() {
+            "nothing".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    log::info!("reload: changed {}", list(&report.changed));
+    if !report.needs_restart.is_empty() {
+        log::warn!(
+            "reload: {} need a restart; the running values are kept",
+            report.needs_restart.join(", ")
+        );
     }
 }
 

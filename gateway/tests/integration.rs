@@ -3,6 +3,8 @@
 //! One test binary (so the gateway library is linked once), one module per area of the
 //! contract in DESIGN.md sections 4 and 5:
 //!
+//! - `config`: flags, environment and `--config` file through the binary; `--check-config`;
+//!   log formats; reloads (SIGHUP and the library's) without dropping connections.
 //! - `drain`: the graceful drain, from the library and on SIGTERM.
 //! - `echo`: `/echo` returns every message byte for byte, at every payload-length form.
 //! - `floods`: floods of tiny frames: endless empty fragments closed, the worker not monopolized.
@@ -30,6 +32,8 @@ mod util;
 
 #[path = "integration/backpressure.rs"]
 mod backpressure;
+#[path = "integration/config.rs"]
+mod config;
 #[path = "integration/control.rs"]
 mod control;
 #[path = "integration/deadlines.rs"]

@@ -142,11 +142,7 @@ impl DirWatch {
             Ok(()) => {
                 self.watching = Some(id);
                 if self.last_error.take().is_some() {
-                    eprintln!(
-                        "gateway: {}: watching {} again",
-                        self.label,
-                        self.dir.display()
-                    );
+                    log::info!("{}: watching {} again", self.label, self.dir.display());
                 }
                 true
             }
@@ -159,7 +155,7 @@ impl DirWatch {
 
     fn report(&mut self, why: String) {
         if self.last_error.as_deref() != Some(&why) {
-            eprintln!("gateway: {}: {why}; polling every {:?}", self.label, POLL);
+            log::warn!("{}: {why}; polling every {:?}", self.label, POLL);
             self.last_error = Some(why);
         }
     }

@@ -185,7 +185,7 @@ impl Tailer {
 
     fn report(&mut self, what: String) {
         if self.reported.as_deref() != Some(&what) {
-            eprintln!("gateway: {}: {what}", self.name);
+            log::warn!("{}: {what}", self.name);
             self.reported = Some(what);
         }
     }
@@ -238,7 +238,7 @@ impl Tailer {
             return false;
         }
         if self.reported.take().is_some() {
-            eprintln!("gateway: {}: following {}", self.name, self.path.display());
+            log::info!("{}: following {}", self.name, self.path.display());
         }
         self.file = Some((f, identity(&meta)));
         self.pos = pos;

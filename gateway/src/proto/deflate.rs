@@ -19,7 +19,7 @@ pub const EXTENSION: &str = "permessage-deflate";
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// The server's deflate policy.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeflateConfig {
     /// Accept permessage-deflate offers at all. Default: true.
     pub enabled: bool,

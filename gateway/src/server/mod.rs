@@ -3,7 +3,7 @@
 //! [`Server::start`] binds one SO_REUSEPORT listening socket per worker (so the kernel spreads
 //! accepts over them) and starts the workers; a connection lives and dies on the worker that
 //! accepted it. Nothing on the per-message path takes a lock: the only state shared between
-//! workers is configuration (read-only), the open-connection count (one atomic) and per-worker
+//! workers is configuration (read-only but for reloads, see `reload`), the open-connection count (one atomic) and per-worker
 //! counters that `/metrics` sums.
 //!
 //! The feeds configured with `--watch` and `--tail` ([`crate::feeds`]) run on threads of their
@@ -15,6 +15,8 @@ pub mod conn_id;
 pub mod histogram;
 mod outbox;
 mod pool;
+mod reload;
+mod report;
 pub mod stats;
 pub mod timer;
 mod worker;
@@ -31,12 +33,16 @@ use crate::feeds::{self, FeedHandle};
 use crate::topics::{Hub, HubLimits, Mailbox};
 pub use config::Config;
 pub use conn_id::{ConnId, Generations};
+pub use reload::Reloaded;
 pub use stats::{Stats, WorkerStats};
 
 /// State every worker sees.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// The configuration the server started with: what a reload cannot change.
     pub config: Config,
+    /// The configuration now, which reloads replace; workers keep a copy ([`reload`]).
+    pub live: reload::LiveConfig,
     pub shutdown: AtomicBool,
     /// A graceful drain was asked for ([`ServerHandle::drain`]).
     pub draining: AtomicBool,
@@ -71,6 +77,7 @@ impl Server {
                     history_memory: config.history_memory,
                 },
             )),
+            live: reload::LiveConfig::new(config.clone()),
             config,
             shutdown: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -205,6 +212,28 @@ impl ServerHandle {
         }
     }
 
+    /// Applies a new configuration to the running server: what may change safely changes
+    /// (origins, tokens, limits, timeouts), without dropping a connection; what needs a
+    /// restart keeps its running value and is listed in the report ([`Reloaded`]).
+    pub fn reload(&self, new: &Config) -> Reloaded {
+        self.reloader().reload(new)
+    }
+
+    /// A handle that can reload the configuration from another thread (a signal handler's).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+            wakers: self.wakers.clone(),
+        }
+    }
+
+    /// Logs the refusals (connections, requests, publishes, timeouts) of each `interval` in
+    /// one line, when there were any, until the server stops: the operator sees attacks and
+    /// exhausted limits without a line per refusal.
+    pub fn log_refusals_every(&self, interval: std::time::Duration) {
+        report::spawn(Arc::downgrade(&self.shared), interval);
+    }
+
     /// Waits until the workers have stopped (after [`ServerHandle::shutdown`], or forever),
     /// then stops the feeds and waits for them.
     pub fn join(mut self) {
@@ -241,10 +270,32 @@ pub struct Drainer {
 
 impl Drainer {
     pub fn drain(&self) {
-        self.shared.draining.store(true, Ordering::SeqCst);
+        if !self.shared.draining.swap(true, Ordering::SeqCst) {
+            WorkerStats::add_from_outside(&self.shared.stats.worker(0).drains_total, 1);
+        }
         for w in &self.wakers {
             w.wake();
         }
+    }
+}
+
+/// Reloads the configuration from any thread; see [`ServerHandle::reload`].
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+    wakers: Vec<Mailbox>,
+}
+
+impl Reloader {
+    pub fn reload(&self, new: &Config) -> Reloaded {
+        let (now, report) = self.shared.live.reload(new);
+        self.shared.hub.set_limits(now.max_topics, now.max_backlog);
+        // Idle workers pick the new configuration up at once rather than at their next event.
+        for w in &self.wakers {
+            w.wake();
+        }
+        WorkerStats::add_from_outside(&self.shared.stats.worker(0).reloads_total, 1);
+        report
     }
 }
 

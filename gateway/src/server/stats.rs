@@ -61,6 +61,8 @@ counters! {
     pong_timeouts_total: "connections dropped at the pong timeout",
     close_grace_timeouts_total: "closing connections dropped at the close grace timeout",
     pings_sent_total: "keep-alive pings sent",
+    drains_total: "graceful drains started (SIGTERM, SIGINT)",
+    reloads_total: "configuration reloads applied (SIGHUP)",
 }
 
 impl WorkerStats {
@@ -71,6 +73,12 @@ impl WorkerStats {
             counter.load(Ordering::Relaxed).wrapping_add(n),
             Ordering::Relaxed,
         );
+    }
+
+    /// For counters of events outside the workers (a drain, a reload), which are kept in the
+    /// first worker's block and that worker never writes.
+    pub fn add_from_outside(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -114,6 +122,21 @@ impl Stats {
             .position(|(n, _)| *n == name)
             .expect("known counter");
         self.workers.iter().map(|w| w.values()[i]).sum()
+    }
+
+    /// Every counter with its sum over all workers.
+    pub fn totals(&self) -> Vec<(&'static str, u64)> {
+        let mut sums = vec![0u64; WorkerStats::FIELDS.len()];
+        for w in &self.workers {
+            for (s, v) in sums.iter_mut().zip(w.values()) {
+                *s += v;
+            }
+        }
+        WorkerStats::FIELDS
+            .iter()
+            .map(|(n, _)| *n)
+            .zip(sums)
+            .collect()
     }
 
     /// Prometheus text exposition of every counter plus the gauges given as

@@ -17,6 +17,7 @@ pub mod local;
 pub mod mailbox;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::proto::{Compressor, HeaderBuf, MessageKind};
@@ -55,7 +56,7 @@ pub enum TopicKind {
 
 /// Bounds of each topic's history ring. A [`TopicKind::Latest`] topic keeps only its newest
 /// message.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryConfig {
     /// Messages kept per topic. Default 256.
     pub messages: usize,
@@ -248,6 +249,9 @@ pub struct Hub {
     mailboxes: OnceLock<Vec<Mailbox>>,
     history: HistoryConfig,
     limits: HubLimits,
+    /// `limits.max_topics` and `limits.max_backlog` as they are now ([`Hub::set_limits`]).
+    max_topics: AtomicUsize,
+    max_backlog: AtomicUsize,
 }
 
 impl Hub {
@@ -266,16 +270,25 @@ impl Hub {
             mailboxes: OnceLock::new(),
             history,
             limits,
+            max_topics: AtomicUsize::new(limits.max_topics),
+            max_backlog: AtomicUsize::new(limits.max_backlog),
         }
+    }
+
+    /// Changes the topic and backlog limits of a running hub (a configuration reload). Topics
+    /// over a lowered `max_topics` stay; only new names are refused.
+    pub fn set_limits(&self, max_topics: usize, max_backlog: usize) {
+        self.max_topics.store(max_topics, Ordering::Relaxed);
+        self.max_backlog.store(max_backlog, Ordering::Relaxed);
     }
 
     /// Whether a worker's backlog is over the limit: publishers are pushed back until the
     /// workers catch up.
     pub fn congested(&self) -> bool {
-        self.mailboxes.get().is_some_and(|m| {
-            m.iter()
-                .any(|m| m.backlog().bytes() > self.limits.max_backlog)
-        })
+        let max = self.max_backlog.load(Ordering::Relaxed);
+        self.mailboxes
+            .get()
+            .is_some_and(|m| m.iter().any(|m| m.backlog().bytes() > max))
     }
 
     /// (messages, bytes) posted to workers and not yet delivered, summed.
@@ -311,7 +324,9 @@ impl Hub {
     }
 
     fn try_intern(&self, inner: &mut HubInner, name: &str, kind: TopicKind) -> Option<TopicId> {
-        if !inner.by_name.contains_key(name) && inner.topics.len() >= self.limits.max_topics {
+        if !inner.by_name.contains_key(name)
+            && inner.topics.len() >= self.max_topics.load(Ordering::Relaxed)
+        {
             return None;
         }
         Some(Self::intern(inner, name, kind))

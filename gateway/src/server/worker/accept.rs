@@ -106,13 +106,13 @@ impl Worker {
     fn admit(&mut self, mut stream: mio::net::TcpStream, ip: IpAddr) {
         WorkerStats::add(&self.stats().accepted_total, 1);
         let open = self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
-        if open >= self.shared.config.max_conns {
+        if open >= self.config.max_conns {
             self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
             WorkerStats::add(&self.stats().refused_max_conns_total, 1);
             http::refuse_without_slot(&stream, http::RESPONSE_503_AT_CAPACITY);
             return;
         }
-        let per_ip = self.shared.config.max_conns_per_ip;
+        let per_ip = self.config.max_conns_per_ip;
         if per_ip > 0 && !self.shared.per_ip.try_add(ip, per_ip) {
             self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
             WorkerStats::add(&self.stats().refused_per_ip_total, 1);
@@ -153,9 +153,10 @@ impl Worker {
         let a = &mut self.accept;
         a.errors += 1;
         if a.errors.is_power_of_two() {
-            eprintln!(
-                "gateway: worker {}: accept failed ({} times): {e}",
-                self.id, a.errors
+            log::error!(
+                "worker {}: accept failed ({} times): {e}",
+                self.id,
+                a.errors
             );
         }
         if maybe_queued && a.waiting_since.is_none() {

@@ -77,7 +77,7 @@ impl Worker {
     /// subscriber is then written once per interval with everything it is owed.
     fn write_batch_when_due(&mut self) {
         let now = std::time::Instant::now();
-        let due = self.last_flush + self.shared.config.flush_interval;
+        let due = self.last_flush + self.config.flush_interval;
         if now >= due || self.batch_messages >= MAILBOX_BATCH {
             self.last_flush = now;
             self.flush_due = None;
@@ -170,7 +170,7 @@ impl Worker {
     /// Closes the connection if more than `--max-queued` bytes of stream output wait for it.
     fn check_slow(&mut self, key: usize) {
         let conn = &self.conns[key];
-        let max = self.shared.config.max_queued;
+        let max = self.config.max_queued;
         if conn.queued() > max && conn.out.as_ref().is_some_and(|o| o.stream_queued() > max) {
             self.close_slow(key);
         }
@@ -186,7 +186,7 @@ impl Worker {
         }
         let reason = format!(
             "slow consumer: over {} bytes queued",
-            queued.min(self.shared.config.max_queued)
+            queued.min(self.config.max_queued)
         );
         self.close_ws(key, CloseCode::POLICY, &reason);
     }

@@ -26,7 +26,7 @@ impl Worker {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        let (window, grace) = (self.shared.config.drain, self.shared.config.close_grace);
+        let (window, grace) = (self.config.drain, self.config.close_grace);
         let now = Instant::now();
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -100,7 +100,7 @@ impl Worker {
         {
             return Err(Refusal::Status(404));
         }
-        let cfg = &self.shared.config;
+        let cfg = &self.config;
         let origins = OriginPolicy {
             allowed: &cfg.allowed_origins,
         };
@@ -272,7 +272,7 @@ impl Worker {
         topic: &str,
         input: &[u8],
     ) -> usize {
-        let cfg = &self.shared.config;
+        let cfg = &self.config;
         let policy = PublishPolicy {
             max_body: cfg.max_message,
             token: cfg.publish_token.as_deref(),

@@ -48,7 +48,7 @@ use super::outbox::Outbox;
 use super::pool::BufPool;
 use super::stats::WorkerStats;
 use super::timer::{Entry, TimerWheel};
-use super::{ConnId, Generations, Shared};
+use super::{Config, ConnId, Generations, Shared};
 use crate::proto::{Compressor, Timeouts};
 use crate::topics::TopicId;
 use crate::topics::local::{LocalTopics, Sub};
@@ -104,6 +104,10 @@ pub(crate) struct Worker {
     drain: Option<drain::Drain>,
     conns: Slab<Conn>,
     shared: Arc<Shared>,
+    /// The configuration as of the last reload this worker picked up, and its version
+    /// (`shared.live`; checked once per turn of the loop).
+    config: Arc<Config>,
+    config_version: u64,
     timers: TimerWheel,
     due: Vec<Entry>,
     pool: BufPool,
@@ -222,9 +226,23 @@ impl Worker {
             local: LocalTopics::default(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),
+            config: shared.live.current(),
+            config_version: shared.live.version(),
             shared,
         };
         Ok((worker, to_worker))
+    }
+
+    /// Takes the reloaded configuration if there is a new one (`shared.live`).
+    fn pick_up_reload(&mut self) {
+        let version = self.shared.live.version();
+        if version == self.config_version {
+            return;
+        }
+        self.config = self.shared.live.current();
+        self.config_version = version;
+        self.handshake_ticks = timers::deadline_ticks(self.config.handshake_timeout);
+        self.timeouts = timers::session_timeouts(&self.config);
     }
 
     fn stats(&self) -> &WorkerStats {
@@ -257,7 +275,7 @@ impl Worker {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                eprintln!("gateway: worker {}: poll failed: {e}", self.id);
+                log::error!("worker {}: poll failed: {e}", self.id);
                 return;
             }
             if self.shared.shutdown.load(Ordering::Relaxed) {
@@ -267,6 +285,7 @@ impl Worker {
             if self.drain.is_none() && self.shared.draining.load(Ordering::Relaxed) {
                 self.start_drain();
             }
+            self.pick_up_reload();
             self.now = self.tick_now();
             for ev in events.iter() {
                 match ev.token() {

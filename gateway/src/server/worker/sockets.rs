@@ -47,7 +47,7 @@ impl Worker {
             if conn.dead || conn.peer_closed || conn.hub_paused {
                 return;
             }
-            if conn.queued() > self.shared.config.max_queued {
+            if conn.queued() > self.config.max_queued {
                 conn.paused = true;
                 return;
             }
@@ -256,7 +256,7 @@ impl Worker {
             conn.write_shut = true;
             let _ = conn.stream.shutdown(Shutdown::Write);
         }
-        if conn.paused && conn.queued() <= self.shared.config.max_queued {
+        if conn.paused && conn.queued() <= self.config.max_queued {
             conn.paused = false;
             self.read_ready(key, false);
         }

@@ -17,7 +17,7 @@ use crate::server::stats::WorkerStats;
 impl Worker {
     /// The upgrade was accepted: the connection becomes an open WebSocket.
     pub(super) fn open(&mut self, key: usize, route: Route, deflate: Option<DeflateParams>) {
-        let max_message = self.shared.config.max_message;
+        let max_message = self.config.max_message;
         let conn = &mut self.conns[key];
         conn.phase = Phase::Open(Ws {
             session: ServerSession::new(Unmasked, max_message, deflate, self.now),

@@ -1,4 +1,7 @@
-//! Command-line helpers shared by the `gateway` and `loadgen` binaries.
+//! Command-line helpers shared by the `gateway` and `loadgen` binaries, and the layers of the
+//! gateway's configuration ([`layers`]: flags, environment, file).
+
+pub mod layers;
 
 use std::time::Duration;
 
