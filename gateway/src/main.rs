@@ -23,7 +23,11 @@ static DEFAULTS: LazyLock<Config> = LazyLock::new(Config::default);
 
 /// A WebSocket push gateway: echo and more on one port, for tens of thousands of connections.
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version)]
+#[command(
+    name = "gateway",
+    version,
+    after_help = "Mint a test token (JWT) for --jwt-secret or --jwt-public-key: gateway token --help"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value_t = DEFAULTS.listen)]
@@ -78,6 +82,20 @@ struct Args {
     /// one, only loopback clients may publish.
     #[arg(long, env = "GATEWAY_PUBLISH_TOKEN", hide_env_values = true)]
     publish_token: Option<String>,
+    /// Require a token (JWT) signed with this HS256 secret on every WebSocket upgrade
+    /// (`Authorization: Bearer` or `?token=`); its claims bound what the client may subscribe
+    /// and publish to. Mint test tokens with `gateway token`.
+    #[arg(long, value_name = "SECRET")]
+    jwt_secret: Option<String>,
+    /// Require a token (JWT) signed for this public key (PEM: RSA for RS256, P-256 for ES256)
+    /// on every WebSocket upgrade.
+    #[arg(long, value_name = "PATH")]
+    jwt_public_key: Option<PathBuf>,
+    /// Accept tokens this long past their `exp` (clock skew between issuer and gateway); open
+    /// connections are closed with 3000 at `exp` plus this.
+    #[arg(long, value_name = "DURATION", default_value_t = FlagDuration(DEFAULTS.jwt_leeway),
+          value_parser = parse_leeway)]
+    jwt_leeway: FlagDuration,
     /// Topics clients may create in all (subscriptions, chat rooms, publishing); past it new
     /// names are refused.
     #[arg(long, default_value_t = DEFAULTS.max_topics)]
@@ -113,6 +131,11 @@ struct Args {
     /// `/ws/log/NAME?last=N`. Truncation and rotation are followed.
     #[arg(long, value_name = "NAME=PATH", value_parser = parse_feed)]
     tail: Vec<(String, PathBuf)>,
+}
+
+/// Parses `--jwt-leeway`: a duration, 0 allowed.
+fn parse_leeway(s: &str) -> Result<FlagDuration, String> {
+    gateway::cli::parse_duration_or_zero(s).map(FlagDuration)
 }
 
 /// Parses `NAME=PATH` for `--watch` and `--tail`: NAME is one topic segment.
@@ -164,6 +187,9 @@ impl Args {
             },
             history_memory: self.history_memory,
             publish_token: self.publish_token.filter(|t| !t.is_empty()),
+            jwt_secret: self.jwt_secret.filter(|s| !s.is_empty()),
+            jwt_public_key: self.jwt_public_key,
+            jwt_leeway: self.jwt_leeway.0,
             max_topics: self.max_topics,
             max_backlog: self.max_backlog,
             flush_interval: self.flush_interval.0,
@@ -194,6 +220,10 @@ impl FromStr for FlagDuration {
 }
 
 fn main() -> ExitCode {
+    // `gateway token ...` mints a test token; everything else runs the gateway.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
+        return gateway::auth::mint::run(std::env::args_os().skip(1));
+    }
     let args = Args::parse();
     let limits = gateway::sys::raise_nofile_limit();
     let config = args.into_config(Config::default());
@@ -292,6 +322,9 @@ mod tests {
             flush_interval,
             publish_token,
             trust_loopback,
+            jwt_secret,
+            jwt_public_key,
+            jwt_leeway,
             watch,
             tail,
         } = got;
@@ -335,6 +368,9 @@ mod tests {
         assert_eq!(*flush_interval, want.flush_interval, "flush_interval");
         assert_eq!(*publish_token, want.publish_token, "publish_token");
         assert_eq!(*trust_loopback, want.trust_loopback, "trust_loopback");
+        assert_eq!(*jwt_secret, want.jwt_secret, "jwt_secret");
+        assert_eq!(*jwt_public_key, want.jwt_public_key, "jwt_public_key");
+        assert_eq!(*jwt_leeway, want.jwt_leeway, "jwt_leeway");
         assert_eq!(*watch, want.watch, "watch");
         assert_eq!(*tail, want.tail, "tail");
     }
@@ -375,6 +411,30 @@ mod tests {
             ..Config::default()
         };
         assert_same(&config, &want);
+    }
+
+    #[test]
+    fn jwt_flags() {
+        let config = parse(&[
+            "--jwt-secret",
+            "s",
+            "--jwt-public-key",
+            "/etc/gw/jwt.pem",
+            "--jwt-leeway",
+            "5s",
+        ])
+        .unwrap()
+        .into_config(Config::default());
+        let want = Config {
+            jwt_secret: Some("s".into()),
+            jwt_public_key: Some(PathBuf::from("/etc/gw/jwt.pem")),
+            jwt_leeway: Duration::from_secs(5),
+            ..Config::default()
+        };
+        assert_same(&config, &want);
+        let zero = parse(&["--jwt-leeway", "0"]).unwrap();
+        assert_eq!(zero.jwt_leeway.0, Duration::ZERO);
+        assert!(parse(&["--jwt-leeway", "soon"]).is_err());
     }
 
     #[test]

@@ -61,6 +61,15 @@ counters! {
     pong_timeouts_total: "connections dropped at the pong timeout",
     close_grace_timeouts_total: "closing connections dropped at the close grace timeout",
     pings_sent_total: "keep-alive pings sent",
+    token_refused_missing_total: "WebSocket upgrades refused 401: tokens are on and none was presented",
+    token_refused_too_long_total: "tokens refused 401: longer than 4096 bytes",
+    token_refused_malformed_total: "tokens refused 401: not three base64url parts of JSON",
+    token_refused_algorithm_total: "tokens refused 401: alg none, unsupported, or not the configured key's",
+    token_refused_signature_total: "tokens refused 401: the signature does not verify",
+    token_refused_expired_total: "tokens refused 401: exp is past (with --jwt-leeway)",
+    token_refused_claims_total: "tokens refused 401: a claim missing or of the wrong type, or nbf ahead",
+    token_refused_forbidden_total: "requests a valid token does not cover (403 at the upgrade or publish, a /ws error, chat close 1008)",
+    token_expired_closes_total: "open WebSockets closed with 3000 when their token expired",
 }
 
 impl WorkerStats {
