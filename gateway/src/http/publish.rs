@@ -12,6 +12,10 @@ use crate::proto::MessageKind;
 use crate::proto::handshake::Request;
 use crate::topics::is_valid_topic;
 
+/// Checks a bearer token as a JWT for a topic: `Ok` if it is valid and its `publish` claim
+/// covers the topic.
+pub type JwtCheck<'a> = dyn Fn(&str, &str) -> Result<(), TokenRefusal> + 'a;
+
 /// What a publish request is held to.
 #[derive(Clone, Copy)]
 pub struct PublishPolicy<'a> {
@@ -26,7 +30,7 @@ pub struct PublishPolicy<'a> {
     pub origins: OriginPolicy<'a>,
     /// With tokens on: checks a bearer token that is not the publish token as a JWT for the
     /// topic (valid, and its `publish` claim covers it). The checker counts its refusals.
-    pub jwt: Option<&'a dyn Fn(&str, &str) -> Result<(), TokenRefusal>>,
+    pub jwt: Option<&'a JwtCheck<'a>>,
 }
 
 impl std::fmt::Debug for PublishPolicy<'_> {
