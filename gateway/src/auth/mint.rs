@@ -108,6 +108,7 @@ pub fn mint(key: &SigningKey, grant: &Grant, now: Duration) -> Result<String, St
 #[derive(Debug, Parser)]
 #[command(
     name = "gateway token",
+    bin_name = "gateway token",
     after_help = "Patterns: `*` is one topic segment, a trailing `**` any rest (news/*, chat/**).\n\
                   Example: gateway token --secret \"$SECRET\" --sub alice --topics 'news/*' \
                   --publish chat/lobby --ttl 1h"

@@ -203,6 +203,11 @@ mod tests {
 
     #[test]
     fn causes_have_names_and_statuses() {
+        assert!(
+            Refusal::TooLong
+                .message()
+                .contains(&MAX_TOKEN_LEN.to_string())
+        );
         for r in Refusal::ALL {
             assert!(!r.name().is_empty() && !r.message().is_empty());
             assert_eq!(r.status(), if r == Refusal::Forbidden { 403 } else { 401 });
