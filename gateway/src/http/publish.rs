@@ -93,35 +93,12 @@ pub fn check_publish<'b>(
             json!({"error": "publish with POST"}),
         );
     }
-    if let Err(denied) = authorize(req, topic, peer, policy) {
-        return match denied {
-            Denied::Token => refused(
-                401,
-                &[("WWW-Authenticate", "Bearer")],
-                json!({"error": "missing or wrong bearer token"}),
-            ),
-            Denied::Jwt(TokenRefusal::Forbidden) => refused(
-                403,
-                &[],
-                json!({"error": "the token's publish claim does not cover this topic", "topic": topic}),
-            ),
-            Denied::Jwt(r) => refused(
-                401,
-                &[("WWW-Authenticate", "Bearer error=\"invalid_token\"")],
-                json!({"error": r.message()}),
-            ),
-            Denied::NotLoopback => refused(
-                403,
-                &[],
-                json!({"error": "only loopback clients may publish (no token configured)"}),
-            ),
-            Denied::CrossSite => refused(
-                403,
-                &[],
-                json!({"error": "a cross-site request may not publish without the bearer token"}),
-            ),
-        };
-    }
+    // A JWT is verified once, when the whole body is here (below): a client sending its body
+    // in small pieces must not make the gateway check a signature per piece.
+    let jwt = match authorize(req, peer, policy) {
+        Ok(jwt) => jwt,
+        Err(denied) => return denial(denied, topic),
+    };
     if !is_valid_topic(topic) {
         return refused(
             400,
@@ -161,6 +138,11 @@ pub fn check_publish<'b>(
     if input.len() < end {
         return PublishCheck::Incomplete;
     }
+    if let (Some(token), Some(check)) = (jwt, policy.jwt) {
+        if let Err(r) = check(token, topic) {
+            return denial(Denied::Jwt(r), topic);
+        }
+    }
     let body = &input[req.head_len..end];
     let kind = if std::str::from_utf8(body).is_ok() {
         MessageKind::Text
@@ -174,6 +156,37 @@ pub fn check_publish<'b>(
         // HTTP/1.1 keeps the connection unless the client says close: a backend publishing a
         // stream of messages pays for one TCP handshake, not one per message.
         keep_alive: req.version >= 1 && !req.has_token("Connection", "close"),
+    }
+}
+
+/// The answer to a publish that was not authorized.
+fn denial(denied: Denied, topic: &str) -> PublishCheck<'static> {
+    match denied {
+        Denied::Token => refused(
+            401,
+            &[("WWW-Authenticate", "Bearer")],
+            json!({"error": "missing or wrong bearer token"}),
+        ),
+        Denied::Jwt(TokenRefusal::Forbidden) => refused(
+            403,
+            &[],
+            json!({"error": "the token's publish claim does not cover this topic", "topic": topic}),
+        ),
+        Denied::Jwt(r) => refused(
+            401,
+            &[("WWW-Authenticate", "Bearer error=\"invalid_token\"")],
+            json!({"error": r.message()}),
+        ),
+        Denied::NotLoopback => refused(
+            403,
+            &[],
+            json!({"error": "only loopback clients may publish (no token configured)"}),
+        ),
+        Denied::CrossSite => refused(
+            403,
+            &[],
+            json!({"error": "a cross-site request may not publish without the bearer token"}),
+        ),
     }
 }
 
@@ -194,27 +207,27 @@ enum Denied {
 /// A presented token must be right: the publish token, or (with tokens on) a JWT that covers
 /// the topic; without one, loopback clients are trusted (unless configured otherwise) and
 /// others need the token.
-fn authorize(
-    req: &Request<'_, '_>,
-    topic: &str,
+fn authorize<'h>(
+    req: &Request<'_, 'h>,
     peer: Option<IpAddr>,
     policy: &PublishPolicy<'_>,
-) -> Result<(), Denied> {
+) -> Result<Option<&'h str>, Denied> {
     let presented = req
         .header("Authorization")
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    if let (Some(jwt), Some(p)) = (policy.jwt, presented) {
+    if let (Some(_), Some(p)) = (policy.jwt, presented) {
         let is_publish_token = policy
             .token
             .is_some_and(|t| constant_time_eq(t.as_bytes(), p.as_bytes()));
         if !is_publish_token {
-            return jwt(p, topic).map_err(Denied::Jwt);
+            // Verified by the caller once the body is complete.
+            return Ok(Some(p));
         }
     }
     let loopback = peer.is_some_and(is_loopback);
     match (policy.token, presented) {
-        (Some(token), Some(p)) if constant_time_eq(token.as_bytes(), p.as_bytes()) => Ok(()),
+        (Some(token), Some(p)) if constant_time_eq(token.as_bytes(), p.as_bytes()) => Ok(None),
         (Some(_), Some(_)) => Err(Denied::Token),
         _ if loopback && policy.trust_loopback => {
             // A page in a browser on this host must not borrow the loopback trust.
@@ -228,7 +241,7 @@ fn authorize(
             {
                 Err(Denied::CrossSite)
             } else {
-                Ok(())
+                Ok(None)
             }
         }
         (Some(_), None) => Err(Denied::Token),
@@ -329,6 +342,40 @@ mod tests {
         let bare = "POST /publish/chat/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n";
         assert_eq!(check_jwt(bare, "127.0.0.1", None), 200);
         assert_eq!(check_jwt(bare, "10.0.0.1", Some("pt")), 401);
+    }
+
+    #[test]
+    fn a_jwt_is_verified_once_when_the_body_is_complete() {
+        let calls = std::cell::Cell::new(0);
+        let jwt = |_: &str, _: &str| {
+            calls.set(calls.get() + 1);
+            Ok(())
+        };
+        let policy = PublishPolicy {
+            max_body: 10,
+            token: None,
+            trust_loopback: true,
+            origins: OriginPolicy { allowed: &[] },
+            jwt: Some(&jwt),
+        };
+        let head = "POST /publish/news/eu HTTP/1.1\r\nAuthorization: Bearer a.b.c\r\nContent-Length: 4\r\n\r\n";
+        let peer = Some("10.0.0.1".parse().unwrap());
+        for sent in 0..4 {
+            let mut input = head.as_bytes().to_vec();
+            input.extend(std::iter::repeat_n(b'x', sent));
+            let mut storage = [httparse::EMPTY_HEADER; 16];
+            let req = Request::parse(&input, &mut storage).unwrap().unwrap();
+            let check = check_publish(&req, "news/eu", &input, peer, &policy);
+            assert_eq!(check, PublishCheck::Incomplete, "{sent} bytes of the body");
+        }
+        assert_eq!(calls.get(), 0, "not verified while the body is incomplete");
+        let mut input = head.as_bytes().to_vec();
+        input.extend_from_slice(b"body");
+        let mut storage = [httparse::EMPTY_HEADER; 16];
+        let req = Request::parse(&input, &mut storage).unwrap().unwrap();
+        let check = check_publish(&req, "news/eu", &input, peer, &policy);
+        assert!(matches!(check, PublishCheck::Ready { .. }), "{check:?}");
+        assert_eq!(calls.get(), 1);
     }
 
     #[test]
