@@ -133,15 +133,18 @@ impl Refusal {
 /// The token a request presents: `Authorization: Bearer JWT`, else the query's `token=JWT`.
 /// The query value is taken as it is (a JWT's characters need no escaping).
 pub fn presented_token<'b>(req: &Request<'_, 'b>) -> Option<&'b str> {
-    let bearer = req
-        .header("Authorization")
-        .and_then(|v| v.trim().strip_prefix("Bearer "))
-        .map(str::trim);
-    bearer.or_else(|| {
+    bearer(req).or_else(|| {
         req.query()?
             .split('&')
             .find_map(|pair| pair.strip_prefix("token="))
     })
+}
+
+/// The credentials of an `Authorization: Bearer ...` header (the scheme is case-insensitive).
+pub fn bearer<'b>(req: &Request<'_, 'b>) -> Option<&'b str> {
+    let value = req.header("Authorization")?.trim();
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case("bearer ").then(|| rest.trim())
 }
 
 #[cfg(test)]
@@ -187,6 +190,15 @@ mod tests {
             ),
             (
                 "GET /ws HTTP/1.1\r\nAuthorization: Basic eDp5\r\n\r\n",
+                None,
+            ),
+            (
+                "GET /ws HTTP/1.1\r\nAuthorization: bearer a.b.c\r\n\r\n",
+                Some("a.b.c"),
+            ),
+            ("GET /ws HTTP/1.1\r\nAuthorization: Bearer\r\n\r\n", None),
+            (
+                "GET /ws HTTP/1.1\r\nAuthorization: Beare\u{e9} x\r\n\r\n",
                 None,
             ),
             ("GET /ws?tokenx=1 HTTP/1.1\r\n\r\n", None),

@@ -212,10 +212,7 @@ fn authorize<'h>(
     peer: Option<IpAddr>,
     policy: &PublishPolicy<'_>,
 ) -> Result<Option<&'h str>, Denied> {
-    let presented = req
-        .header("Authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented = crate::auth::bearer(req);
     if let (Some(_), Some(p)) = (policy.jwt, presented) {
         let is_publish_token = policy
             .token
