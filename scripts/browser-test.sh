@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Browser-level test: the chat page (and the file page, when the gateway has --watch) driven in
-# headless Chromium over WebDriver (scripts/browser/e2e.py, standard-library Python only).
-# Installs Debian's chromium and chromium-driver when missing, if running as root with apt-get;
-# otherwise says what to install. (--install is accepted for compatibility.)
+# Browser-level test: the chat page (the file page with --watch; the chat page with a token on a
+# second gateway with --jwt-secret) in headless Chromium over WebDriver (scripts/browser/e2e.py,
+# standard-library Python only). Installs Debian's chromium and chromium-driver when missing, if
+# running as root with apt-get; otherwise says what to install. (--install is accepted.)
 #   scripts/browser-test.sh [--install] [--gateway PATH]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ for arg in "$@"; do
   case "$arg" in
     --install) install=1 ;;
     --gateway=*) gateway=${arg#--gateway=} ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) echo "browser-test: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -56,3 +56,18 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 python3 scripts/browser/e2e.py --base "http://127.0.0.1:$port" "${file_arg[@]}" --shots target/browser
+
+# Tokens: a second gateway with --jwt-secret; the chat page passes its ?token= to its socket.
+if "$gateway" --help | grep -q -- '--jwt-secret'; then
+  secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  jport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$gateway" --listen "127.0.0.1:$jport" --jwt-secret "$secret" >"$work/gateway-jwt.log" 2>&1 &
+  jwt_pid=$!
+  trap 'kill $gw_pid $jwt_pid 2>/dev/null || true; wait $gw_pid $jwt_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+  for _ in $(seq 100); do
+    if python3 -c "import socket; socket.create_connection(('127.0.0.1', $jport), 0.2)" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  token=$("$gateway" token --secret "$secret" --sub browser --topics 'chat/*' --publish 'chat/*' --ttl 10m)
+  python3 scripts/browser/e2e.py --base "http://127.0.0.1:$jport" --token "$token" --shots target/browser
+fi

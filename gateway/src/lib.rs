@@ -1,5 +1,6 @@
 //! A high-concurrency WebSocket push gateway.
 //!
+//! - [`auth`]: tokens (JWT): verification, claims, topic patterns, minting.
 //! - [`proto`]: the sans-I/O RFC 6455 / RFC 7692 core, shared by the server and `loadgen`.
 //! - [`server`]: the mio event loop: workers, connections, buffers, timers.
 //! - [`topics`]: the topic hub: sequence numbers, history, and frames encoded once for all
@@ -11,6 +12,7 @@
 //! - [`logging`]: the operator's log lines (text or JSON) through the `log` facade.
 //! - [`sys`]: the few operating-system calls std does not wrap (resource limits).
 
+pub mod auth;
 pub mod cli;
 pub mod feeds;
 pub mod http;

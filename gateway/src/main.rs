@@ -29,7 +29,11 @@ static DEFAULTS: LazyLock<Config> = LazyLock::new(Config::default);
 
 /// A WebSocket push gateway: echo and more on one port, for tens of thousands of connections.
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version)]
+#[command(
+    name = "gateway",
+    version,
+    after_help = "Mint a test token (JWT) for --jwt-secret or --jwt-public-key: gateway token --help"
+)]
 struct Args {
     /// Read settings from this TOML file: each key is a long flag's name (`max-conns = 1000`,
     /// `allow-origin = ["https://a.example"]`). Precedence: flag > GATEWAY_<FLAG> environment
@@ -98,6 +102,20 @@ struct Args {
     /// one, only loopback clients may publish.
     #[arg(long)]
     publish_token: Option<String>,
+    /// Require a token (JWT) signed with this HS256 secret on every WebSocket upgrade
+    /// (`Authorization: Bearer` or `?token=`); its claims bound what the client may subscribe
+    /// and publish to. Mint test tokens with `gateway token`.
+    #[arg(long, value_name = "SECRET")]
+    jwt_secret: Option<String>,
+    /// Require a token (JWT) signed for this public key (PEM: RSA for RS256, P-256 for ES256)
+    /// on every WebSocket upgrade.
+    #[arg(long, value_name = "PATH")]
+    jwt_public_key: Option<PathBuf>,
+    /// Accept tokens this long past their `exp` (clock skew between issuer and gateway); open
+    /// connections are closed with 3000 at `exp` plus this.
+    #[arg(long, value_name = "DURATION", default_value_t = FlagDuration(DEFAULTS.jwt_leeway),
+          value_parser = parse_duration_or_zero)]
+    jwt_leeway: FlagDuration,
     /// Topics clients may create in all (subscriptions, chat rooms, publishing); past it new
     /// names are refused.
     #[arg(long, default_value_t = DEFAULTS.max_topics)]
@@ -108,7 +126,8 @@ struct Args {
     max_backlog: usize,
     /// Under a high message rate, write each subscriber at most once per this interval, with
     /// everything it is owed (a message after a quiet spell goes out at once); 0 disables.
-    #[arg(long, default_value_t = FlagDuration(DEFAULTS.flush_interval))]
+    #[arg(long, default_value_t = FlagDuration(DEFAULTS.flush_interval),
+          value_parser = parse_duration_or_zero)]
     flush_interval: FlagDuration,
     /// Messages kept per topic for `since` recovery.
     #[arg(long, default_value_t = DEFAULTS.history.messages)]
@@ -133,6 +152,11 @@ struct Args {
     /// `/ws/log/NAME?last=N`. Truncation and rotation are followed.
     #[arg(long, value_name = "NAME=PATH", value_parser = parse_feed)]
     tail: Vec<(String, PathBuf)>,
+}
+
+/// A duration flag for which 0 means none (`--jwt-leeway`, `--flush-interval`).
+fn parse_duration_or_zero(s: &str) -> Result<FlagDuration, String> {
+    gateway::cli::parse_duration_or_zero(s).map(FlagDuration)
 }
 
 /// Parses `NAME=PATH` for `--watch` and `--tail`: NAME is one topic segment.
@@ -184,6 +208,9 @@ impl Args {
             },
             history_memory: self.history_memory,
             publish_token: self.publish_token.filter(|t| !t.is_empty()),
+            jwt_secret: self.jwt_secret.filter(|s| !s.is_empty()),
+            jwt_public_key: self.jwt_public_key,
+            jwt_leeway: self.jwt_leeway.0,
             max_topics: self.max_topics,
             max_backlog: self.max_backlog,
             flush_interval: self.flush_interval.0,
@@ -214,6 +241,10 @@ impl FromStr for FlagDuration {
 }
 
 fn main() -> ExitCode {
+    // `gateway token ...` mints a test token; everything else runs the gateway.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
+        return gateway::auth::mint::run(std::env::args_os().skip(1));
+    }
     let cli: Vec<OsString> = std::env::args_os().collect();
     let (args, matches) = match parse_layers(&cli) {
         Ok(parsed) => parsed,
@@ -300,7 +331,7 @@ fn effective_toml(matches: &clap::ArgMatches, config: &Config) -> String {
 const REFUSALS_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Flags whose values `--check-config` and the logs never show.
-const SECRETS: &[&str] = &["publish-token"];
+const SECRETS: &[&str] = &["publish-token", "jwt-secret"];
 
 /// SIGTERM or SIGINT starts a graceful drain, a second one exits at once; SIGHUP reloads the
 /// configuration from the same flags, environment and (reread) file.
@@ -370,6 +401,9 @@ fn reload(server: &gateway::server::Reloader, cli: &[OsString]) {
         }
     };
     log::info!("reload: changed {}", list(&report.changed));
+    for e in &report.errors {
+        log::error!("reload: {e}");
+    }
     if !report.needs_restart.is_empty() {
         log::warn!(
             "reload: {} need a restart; the running values are kept",
@@ -379,194 +413,5 @@ fn reload(server: &gateway::server::Reloader, cli: &[OsString]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::{CommandFactory, FromArgMatches};
-
-    /// Parses `argv` (after the program name) as the binary would, but blind to
-    /// `GATEWAY_PUBLISH_TOKEN`, so a token in the test's environment cannot leak in.
-    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
-        let cmd = Args::command().mut_arg("publish_token", |a| a.env(None));
-        let matches =
-            cmd.try_get_matches_from(std::iter::once("gateway").chain(argv.iter().copied()))?;
-        Args::from_arg_matches(&matches)
-    }
-
-    /// Asserts `got == want` field by field. The destructuring names every field, so a field
-    /// added to `Config`, `DeflateConfig` or `HistoryConfig` fails to compile here until it is
-    /// compared.
-    fn assert_same(got: &Config, want: &Config) {
-        let Config {
-            listen,
-            workers,
-            reuse_port,
-            backlog,
-            max_conns,
-            max_conns_per_ip,
-            max_message,
-            max_queued,
-            handshake_timeout,
-            ping_interval,
-            pong_timeout,
-            close_grace,
-            drain,
-            allowed_origins,
-            subprotocols,
-            deflate,
-            history,
-            history_memory,
-            max_topics,
-            max_backlog,
-            flush_interval,
-            publish_token,
-            trust_loopback,
-            watch,
-            tail,
-        } = got;
-        assert_eq!(*listen, want.listen, "listen");
-        assert_eq!(*workers, want.workers, "workers");
-        assert_eq!(*reuse_port, want.reuse_port, "reuse_port");
-        assert_eq!(*backlog, want.backlog, "backlog");
-        assert_eq!(*max_conns, want.max_conns, "max_conns");
-        assert_eq!(*max_conns_per_ip, want.max_conns_per_ip, "max_conns_per_ip");
-        assert_eq!(*max_message, want.max_message, "max_message");
-        assert_eq!(*max_queued, want.max_queued, "max_queued");
-        assert_eq!(
-            *handshake_timeout, want.handshake_timeout,
-            "handshake_timeout"
-        );
-        assert_eq!(*ping_interval, want.ping_interval, "ping_interval");
-        assert_eq!(*pong_timeout, want.pong_timeout, "pong_timeout");
-        assert_eq!(*close_grace, want.close_grace, "close_grace");
-        assert_eq!(*drain, want.drain, "drain");
-        assert_eq!(*allowed_origins, want.allowed_origins, "allowed_origins");
-        assert_eq!(*subprotocols, want.subprotocols, "subprotocols");
-        let DeflateConfig {
-            enabled,
-            request_client_no_context_takeover,
-            level,
-            min_size,
-        } = deflate;
-        assert_eq!(*enabled, want.deflate.enabled, "deflate.enabled");
-        assert_eq!(
-            *request_client_no_context_takeover, want.deflate.request_client_no_context_takeover,
-            "deflate.request_client_no_context_takeover"
-        );
-        assert_eq!(*level, want.deflate.level, "deflate.level");
-        assert_eq!(*min_size, want.deflate.min_size, "deflate.min_size");
-        let HistoryConfig { messages, bytes } = history;
-        assert_eq!(*messages, want.history.messages, "history.messages");
-        assert_eq!(*bytes, want.history.bytes, "history.bytes");
-        assert_eq!(*history_memory, want.history_memory, "history_memory");
-        assert_eq!(*max_topics, want.max_topics, "max_topics");
-        assert_eq!(*max_backlog, want.max_backlog, "max_backlog");
-        assert_eq!(*flush_interval, want.flush_interval, "flush_interval");
-        assert_eq!(*publish_token, want.publish_token, "publish_token");
-        assert_eq!(*trust_loopback, want.trust_loopback, "trust_loopback");
-        assert_eq!(*watch, want.watch, "watch");
-        assert_eq!(*tail, want.tail, "tail");
-    }
-
-    #[test]
-    fn empty_command_line_is_the_default() {
-        let config = parse(&[]).unwrap().into_config(Config::default());
-        assert_same(&config, &Config::default());
-    }
-
-    #[test]
-    fn flags_override_defaults() {
-        let config = parse(&[
-            "--max-message",
-            "1000",
-            "--ping-interval",
-            "500ms",
-            "--no-deflate",
-            "--history",
-            "0",
-            "--max-conns",
-            "77",
-        ])
-        .unwrap()
-        .into_config(Config::default());
-        let want = Config {
-            max_message: 1000,
-            ping_interval: Duration::from_millis(500),
-            deflate: DeflateConfig {
-                enabled: false,
-                ..DeflateConfig::default()
-            },
-            history: HistoryConfig {
-                messages: 1, // at least one message is always kept
-                ..HistoryConfig::default()
-            },
-            max_conns: 77,
-            ..Config::default()
-        };
-        assert_same(&config, &want);
-    }
-
-    #[test]
-    fn help_shows_the_defaults() {
-        let help = Args::command().render_long_help().to_string();
-        let d = Config::default();
-        for shown in [
-            format!("[default: {}]", d.listen),
-            format!("[default: {}]", d.max_message),
-            format!("[default: {}]", format_duration(d.handshake_timeout)),
-            format!("[default: {}]", format_duration(d.pong_timeout)),
-            format!("[default: {}]", d.history.messages),
-        ] {
-            assert!(help.contains(&shown), "{shown} missing from:\n{help}");
-        }
-    }
-
-    #[test]
-    fn flags_parse() {
-        let a = Args::try_parse_from([
-            "gateway",
-            "--listen",
-            "0.0.0.0:80",
-            "--max-message",
-            "16777216",
-        ])
-        .unwrap();
-        assert_eq!(a.listen.port(), 80);
-        assert_eq!(a.max_message, 16 << 20);
-        assert!(Args::try_parse_from(["gateway", "--listen", "nowhere"]).is_err());
-    }
-
-    #[test]
-    fn feed_flags() {
-        let a = Args::try_parse_from([
-            "gateway",
-            "--watch",
-            "config=/etc/app.conf",
-            "--watch",
-            "motd=rel/a=b.txt",
-            "--tail",
-            "app=/var/log/app.log",
-        ])
-        .unwrap();
-        assert_eq!(
-            a.watch,
-            [
-                ("config".into(), PathBuf::from("/etc/app.conf")),
-                ("motd".into(), PathBuf::from("rel/a=b.txt"))
-            ]
-        );
-        assert_eq!(a.tail, [("app".into(), PathBuf::from("/var/log/app.log"))]);
-        for bad in [
-            "config",
-            "=/etc/x",
-            "a/b=/etc/x",
-            "..=/x",
-            "a b=/x",
-            "name=",
-        ] {
-            let e = parse_feed(bad).unwrap_err();
-            assert!(e.contains(bad.split('=').next().unwrap()), "{bad}: {e}");
-            assert!(Args::try_parse_from(["gateway", "--watch", bad]).is_err());
-            assert!(Args::try_parse_from(["gateway", "--tail", bad]).is_err());
-        }
-    }
-}
+#[path = "main_tests.rs"]
+mod tests;

@@ -6,7 +6,9 @@ so nothing but Debian's chromium and chromium-driver is needed. Checks:
   - chat: the page at /chat/ROOM connects, a name joins, a message typed and sent appears in the
     log, and a message published by someone else (POST /publish/chat/ROOM) appears live;
   - file (with --file NAME=PATH): the page at /file/NAME shows the file, and shows the new
-    content after the file changes on disk.
+    content after the file changes on disk;
+  - tokens (with --token JWT, against a gateway with --jwt-secret): the chat page without the
+    token is refused, and with ?token=JWT works as above.
 Screenshots go to --shots DIR. Exits non-zero with a clear message on the first failure.
 """
 import argparse
@@ -125,9 +127,15 @@ def publish(base, topic, body):
         return json.loads(resp.read())
 
 
-def chat(wd, base, shots):
+def chat(wd, base, shots, token=None):
     room = "e2e"
-    wd.go("%s/chat/%s" % (base, room))
+    if token:
+        # Tokens on: without one the socket is refused (401) and the page never connects.
+        wd.go("%s/chat/%s" % (base, room))
+        wd.wait_text("#status", lambda t: t.startswith("disconnected"), "chat page without a token is refused")
+        wd.go("%s/chat/%s?token=%s" % (base, room, token))
+    else:
+        wd.go("%s/chat/%s" % (base, room))
     wd.wait_text("#status", lambda t: t == "connected", "chat page connects")
     wd.type("#name", "alice")
     wd.click("#join button")
@@ -138,8 +146,9 @@ def chat(wd, base, shots):
     if r.get("subscribers") != 1:
         raise Failure("expected the page to be the room's one subscriber, publish said %r" % r)
     wd.wait_text("#log", lambda t: "bob: hi alice" in t, "message from someone else appears live")
-    wd.screenshot(os.path.join(shots, "chat.png"))
-    print("browser: chat page ok (own message and a published message shown)")
+    wd.screenshot(os.path.join(shots, "chat-token.png" if token else "chat.png"))
+    print("browser: chat page ok (own message and a published message shown%s)"
+          % (", with a token" if token else ""))
 
 
 def file_page(wd, base, name, path, shots):
@@ -159,6 +168,8 @@ def main():
     ap.add_argument("--base", required=True, help="gateway base URL, e.g. http://127.0.0.1:8080")
     ap.add_argument("--file", help="NAME=PATH of a file the gateway watches (--watch NAME=PATH)")
     ap.add_argument("--shots", default="target/browser", help="directory for screenshots")
+    ap.add_argument("--token", help="a JWT the gateway accepts (it runs with --jwt-secret): the chat "
+                    "page is checked to be refused without it and to work with ?token=")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--chromedriver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver")
     a = ap.parse_args()
@@ -166,7 +177,7 @@ def main():
     wd = None
     try:
         wd = WebDriver(a.chromedriver, a.chromium)
-        chat(wd, a.base, a.shots)
+        chat(wd, a.base, a.shots, a.token)
         if a.file:
             name, path = a.file.split("=", 1)
             file_page(wd, a.base, name, path, a.shots)

@@ -104,7 +104,9 @@ function line(cls, parts) {{
 }}
 function connect() {{
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  ws = new WebSocket(proto + "//" + location.host + "/ws/chat/" + encodeURIComponent(room));
+  // A token given to the page (`?token=JWT`) goes on to its socket.
+  const token = new URLSearchParams(location.search).get("token");
+  ws = new WebSocket(proto + "//" + location.host + "/ws/chat/" + encodeURIComponent(room) + (token ? "?token=" + encodeURIComponent(token) : ""));
   ws.onopen = () => {{ status.textContent = "connected"; retry = 500; }};
   ws.onmessage = (ev) => {{
     let m;
@@ -166,7 +168,8 @@ const status = document.getElementById("status");
 let retry = 500;
 function connect() {{
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(proto + "//" + location.host + "/ws/file/" + encodeURIComponent(name) + "?lastMod=" + lastMod);
+  const token = new URLSearchParams(location.search).get("token");
+  const ws = new WebSocket(proto + "//" + location.host + "/ws/file/" + encodeURIComponent(name) + "?lastMod=" + lastMod + (token ? "&token=" + encodeURIComponent(token) : ""));
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {{ status.textContent = "connected: changes appear as they happen"; retry = 500; }};
   ws.onmessage = (ev) => {{

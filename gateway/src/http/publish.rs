@@ -7,12 +7,17 @@ use std::net::IpAddr;
 use serde_json::{Value, json};
 
 use super::origin::OriginPolicy;
+use crate::auth::Refusal as TokenRefusal;
 use crate::proto::MessageKind;
 use crate::proto::handshake::Request;
 use crate::topics::is_valid_topic;
 
+/// Checks a bearer token as a JWT for a topic: `Ok` if it is valid and its `publish` claim
+/// covers the topic.
+pub type JwtCheck<'a> = dyn Fn(&str, &str) -> Result<(), TokenRefusal> + 'a;
+
 /// What a publish request is held to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct PublishPolicy<'a> {
     /// Largest body accepted (`--max-message`).
     pub max_body: usize,
@@ -23,6 +28,21 @@ pub struct PublishPolicy<'a> {
     pub trust_loopback: bool,
     /// The origin rule that decides what "another site" is.
     pub origins: OriginPolicy<'a>,
+    /// With tokens on: checks a bearer token that is not the publish token as a JWT for the
+    /// topic (valid, and its `publish` claim covers it). The checker counts its refusals.
+    pub jwt: Option<&'a JwtCheck<'a>>,
+}
+
+impl std::fmt::Debug for PublishPolicy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishPolicy")
+            .field("max_body", &self.max_body)
+            .field("token", &self.token.map(|_| "(set)"))
+            .field("trust_loopback", &self.trust_loopback)
+            .field("origins", &self.origins)
+            .field("jwt", &self.jwt.is_some())
+            .finish()
+    }
 }
 
 /// The outcome of the checks.
@@ -73,25 +93,12 @@ pub fn check_publish<'b>(
             json!({"error": "publish with POST"}),
         );
     }
-    if let Err(denied) = authorize(req, peer, policy) {
-        return match denied {
-            Denied::Token => refused(
-                401,
-                &[("WWW-Authenticate", "Bearer")],
-                json!({"error": "missing or wrong bearer token"}),
-            ),
-            Denied::NotLoopback => refused(
-                403,
-                &[],
-                json!({"error": "only loopback clients may publish (no token configured)"}),
-            ),
-            Denied::CrossSite => refused(
-                403,
-                &[],
-                json!({"error": "a cross-site request may not publish without the bearer token"}),
-            ),
-        };
-    }
+    // A JWT is verified once, when the whole body is here (below): a client sending its body
+    // in small pieces must not make the gateway check a signature per piece.
+    let jwt = match authorize(req, peer, policy) {
+        Ok(jwt) => jwt,
+        Err(denied) => return denial(denied, topic),
+    };
     if !is_valid_topic(topic) {
         return refused(
             400,
@@ -131,6 +138,11 @@ pub fn check_publish<'b>(
     if input.len() < end {
         return PublishCheck::Incomplete;
     }
+    if let (Some(token), Some(check)) = (jwt, policy.jwt) {
+        if let Err(r) = check(token, topic) {
+            return denial(Denied::Jwt(r), topic);
+        }
+    }
     let body = &input[req.head_len..end];
     let kind = if std::str::from_utf8(body).is_ok() {
         MessageKind::Text
@@ -147,12 +159,44 @@ pub fn check_publish<'b>(
     }
 }
 
-/// A presented token must be right; without one, loopback clients are trusted (unless
-/// configured otherwise) and others need the token.
+/// The answer to a publish that was not authorized.
+fn denial(denied: Denied, topic: &str) -> PublishCheck<'static> {
+    match denied {
+        Denied::Token => refused(
+            401,
+            &[("WWW-Authenticate", "Bearer")],
+            json!({"error": "missing or wrong bearer token"}),
+        ),
+        Denied::Jwt(TokenRefusal::Forbidden) => refused(
+            403,
+            &[],
+            json!({"error": "the token's publish claim does not cover this topic", "topic": topic}),
+        ),
+        Denied::Jwt(r) => refused(
+            401,
+            &[("WWW-Authenticate", "Bearer error=\"invalid_token\"")],
+            json!({"error": r.message()}),
+        ),
+        Denied::NotLoopback => refused(
+            403,
+            &[],
+            json!({"error": "only loopback clients may publish (no token configured)"}),
+        ),
+        Denied::CrossSite => refused(
+            403,
+            &[],
+            json!({"error": "a cross-site request may not publish without the bearer token"}),
+        ),
+    }
+}
+
 /// Why a publish was not authorized.
 enum Denied {
     /// A token is configured and was missing (from a non-loopback peer) or wrong: 401.
     Token,
+    /// A bearer token that is not the publish token, checked as a JWT: invalid (401), or its
+    /// `publish` claim does not cover the topic (403).
+    Jwt(TokenRefusal),
     /// No token is configured and the peer is not on loopback: 403.
     NotLoopback,
     /// The request relies on the loopback trust but comes from a browser page of another
@@ -160,18 +204,27 @@ enum Denied {
     CrossSite,
 }
 
-fn authorize(
-    req: &Request<'_, '_>,
+/// A presented token must be right: the publish token, or (with tokens on) a JWT that covers
+/// the topic; without one, loopback clients are trusted (unless configured otherwise) and
+/// others need the token.
+fn authorize<'h>(
+    req: &Request<'_, 'h>,
     peer: Option<IpAddr>,
     policy: &PublishPolicy<'_>,
-) -> Result<(), Denied> {
-    let presented = req
-        .header("Authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+) -> Result<Option<&'h str>, Denied> {
+    let presented = crate::auth::bearer(req);
+    if let (Some(_), Some(p)) = (policy.jwt, presented) {
+        let is_publish_token = policy
+            .token
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), p.as_bytes()));
+        if !is_publish_token {
+            // Verified by the caller once the body is complete.
+            return Ok(Some(p));
+        }
+    }
     let loopback = peer.is_some_and(is_loopback);
     match (policy.token, presented) {
-        (Some(token), Some(p)) if constant_time_eq(token.as_bytes(), p.as_bytes()) => Ok(()),
+        (Some(token), Some(p)) if constant_time_eq(token.as_bytes(), p.as_bytes()) => Ok(None),
         (Some(_), Some(_)) => Err(Denied::Token),
         _ if loopback && policy.trust_loopback => {
             // A page in a browser on this host must not borrow the loopback trust.
@@ -185,7 +238,7 @@ fn authorize(
             {
                 Err(Denied::CrossSite)
             } else {
-                Ok(())
+                Ok(None)
             }
         }
         (Some(_), None) => Err(Denied::Token),
@@ -221,6 +274,7 @@ mod tests {
             token,
             trust_loopback: true,
             origins: OriginPolicy { allowed: &[] },
+            jwt: None,
         };
         match check_publish(
             &req,
@@ -233,6 +287,92 @@ mod tests {
             PublishCheck::Refused { status, .. } => (status, false),
             PublishCheck::Ready { keep_alive, .. } => (200, keep_alive),
         }
+    }
+
+    /// Status of a publish of `hi` to `news/eu` with tokens on: the JWT checker accepts the
+    /// token `good` (for `news/*` only), calls `valid-elsewhere` forbidden and refuses the
+    /// rest as malformed.
+    fn check_jwt(head: &str, peer: &str, publish_token: Option<&str>) -> u16 {
+        let mut input = head.as_bytes().to_vec();
+        input.extend_from_slice(b"hi");
+        let mut storage = [httparse::EMPTY_HEADER; 16];
+        let req = Request::parse(&input, &mut storage).unwrap().unwrap();
+        let jwt = |token: &str, topic: &str| match token {
+            "good" if topic.starts_with("news/") => Ok(()),
+            "good" => Err(TokenRefusal::Forbidden),
+            _ => Err(TokenRefusal::Malformed),
+        };
+        let policy = PublishPolicy {
+            max_body: 10,
+            token: publish_token,
+            trust_loopback: true,
+            origins: OriginPolicy { allowed: &[] },
+            jwt: Some(&jwt),
+        };
+        let topic = req.path().strip_prefix("/publish/").unwrap();
+        match check_publish(&req, topic, &input, Some(peer.parse().unwrap()), &policy) {
+            PublishCheck::Refused { status, .. } => status,
+            PublishCheck::Ready { .. } => 200,
+            PublishCheck::Incomplete => 0,
+        }
+    }
+
+    #[test]
+    fn a_jwt_publishes_where_its_claim_covers() {
+        let with = |token: &str, topic: &str| {
+            format!(
+                "POST /publish/{topic} HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Length: 2\r\n\r\n"
+            )
+        };
+        // From anywhere, a JWT whose claim covers the topic publishes.
+        assert_eq!(check_jwt(&with("good", "news/eu"), "10.0.0.1", None), 200);
+        assert_eq!(check_jwt(&with("good", "chat/x"), "10.0.0.1", None), 403);
+        assert_eq!(check_jwt(&with("junk", "news/eu"), "10.0.0.1", None), 401);
+        // A presented token that fails is refused even on loopback.
+        assert_eq!(check_jwt(&with("junk", "news/eu"), "127.0.0.1", None), 401);
+        // The publish token still works, and no token still means loopback trust.
+        assert_eq!(
+            check_jwt(&with("pt", "chat/x"), "10.0.0.1", Some("pt")),
+            200
+        );
+        let bare = "POST /publish/chat/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(check_jwt(bare, "127.0.0.1", None), 200);
+        assert_eq!(check_jwt(bare, "10.0.0.1", Some("pt")), 401);
+    }
+
+    #[test]
+    fn a_jwt_is_verified_once_when_the_body_is_complete() {
+        let calls = std::cell::Cell::new(0);
+        let jwt = |_: &str, _: &str| {
+            calls.set(calls.get() + 1);
+            Ok(())
+        };
+        let policy = PublishPolicy {
+            max_body: 10,
+            token: None,
+            trust_loopback: true,
+            origins: OriginPolicy { allowed: &[] },
+            jwt: Some(&jwt),
+        };
+        let head = "POST /publish/news/eu HTTP/1.1\r\nAuthorization: Bearer a.b.c\r\nContent-Length: 4\r\n\r\n";
+        let peer = Some("10.0.0.1".parse().unwrap());
+        for sent in 0..4 {
+            let mut input = head.as_bytes().to_vec();
+            input.extend(std::iter::repeat_n(b'x', sent));
+            let mut storage = [httparse::EMPTY_HEADER; 16];
+            let req = Request::parse(&input, &mut storage).unwrap().unwrap();
+            let check = check_publish(&req, "news/eu", &input, peer, &policy);
+            assert_eq!(check, PublishCheck::Incomplete, "{sent} bytes of the body");
+        }
+        assert_eq!(calls.get(), 0, "not verified while the body is incomplete");
+        let mut input = head.as_bytes().to_vec();
+        input.extend_from_slice(b"body");
+        let mut storage = [httparse::EMPTY_HEADER; 16];
+        let req = Request::parse(&input, &mut storage).unwrap().unwrap();
+        let check = check_publish(&req, "news/eu", &input, peer, &policy);
+        assert!(matches!(check, PublishCheck::Ready { .. }), "{check:?}");
+        assert_eq!(calls.get(), 1);
     }
 
     #[test]

@@ -20,6 +20,8 @@ impl CloseCode {
     pub const TOO_BIG: CloseCode = CloseCode(1009);
     pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
     pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
+    /// IANA's registered 3000, "Unauthorized": the connection's token expired.
+    pub const UNAUTHORIZED: CloseCode = CloseCode(3000);
 
     /// Whether a peer may send this code in a close frame.
     ///

@@ -82,6 +82,19 @@ pub struct Config {
     pub publish_token: Option<String>,
     /// Let loopback clients publish without the token. Default true.
     pub trust_loopback: bool,
+    /// HS256 secret that tokens (JWT) may be signed with (`--jwt-secret`). With it or
+    /// `jwt_public_key` set, every WebSocket upgrade needs a valid token (401 otherwise) and
+    /// its claims bound what the connection may subscribe and publish to ([`crate::auth`]).
+    /// Default none: tokens are off.
+    pub jwt_secret: Option<String>,
+    /// PEM file of the public key that tokens may be signed for (`--jwt-public-key`): RSA
+    /// verifies RS256, P-256 ES256. Read at start and by
+    /// [`crate::server::ServerHandle::reload_tokens`]. Default none.
+    pub jwt_public_key: Option<PathBuf>,
+    /// How long past its `exp` (and before its `nbf`) a token is still accepted, for clock
+    /// skew between the token issuer and the gateway; an open connection is closed (3000) at
+    /// `exp` plus this. Default 0.
+    pub jwt_leeway: Duration,
     /// Watched files (`--watch NAME=PATH`): the whole content of PATH goes to topic
     /// `file/NAME` whenever it changes, served at `/ws/file/NAME` and `/file/NAME`. Names are
     /// one topic segment ([`crate::feeds::is_valid_feed_name`]). Default none.
@@ -117,6 +130,9 @@ impl Default for Config {
             flush_interval: Duration::from_millis(10),
             publish_token: None,
             trust_loopback: true,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_leeway: Duration::ZERO,
             watch: Vec::new(),
             tail: Vec::new(),
         }

@@ -3,8 +3,10 @@
 //! [`Server::start`] binds one SO_REUSEPORT listening socket per worker (so the kernel spreads
 //! accepts over them) and starts the workers; a connection lives and dies on the worker that
 //! accepted it. Nothing on the per-message path takes a lock: the only state shared between
-//! workers is configuration (read-only but for reloads, see `reload`), the open-connection count (one atomic) and per-worker
-//! counters that `/metrics` sums.
+//! workers is configuration (read-only but for reloads, see `reload`), the open-connection
+//! count (one atomic), per-worker counters that `/metrics` sums, and the token verifier
+//! (read-mostly, behind a lock taken once per upgrade, replaced by
+//! [`ServerHandle::reload_tokens`]).
 //!
 //! The feeds configured with `--watch` and `--tail` ([`crate::feeds`]) run on threads of their
 //! own, started here and stopped with the workers.
@@ -23,12 +25,13 @@ mod worker;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::auth::Verifier;
 use crate::feeds::{self, FeedHandle};
 use crate::topics::{Hub, HubLimits, Mailbox};
 pub use config::Config;
@@ -52,6 +55,26 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// Shared with the feed threads, which publish to it.
     pub hub: Arc<Hub>,
+    /// The token verifier (`None`: tokens are off), replaced by
+    /// [`ServerHandle::reload_tokens`]; read once per upgrade and per publish with a token.
+    pub tokens: RwLock<Option<Arc<Verifier>>>,
+}
+
+impl Shared {
+    /// See [`ServerHandle::reload_tokens`].
+    fn reload_tokens(&self, config: &Config) -> Result<(), String> {
+        let verifier = Verifier::from_config(config)?.map(Arc::new);
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+        Ok(())
+    }
+
+    /// The token verifier in force now; `None` when tokens are off.
+    pub fn verifier(&self) -> Option<Arc<Verifier>> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// The server starter; see [`Server::start`].
@@ -64,6 +87,8 @@ impl Server {
     /// file that is missing is not an error: it is reported, and followed once it appears.
     pub fn start(config: Config) -> io::Result<ServerHandle> {
         feeds::check_names(&config.watch, &config.tail)?;
+        let tokens = Verifier::from_config(&config)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let workers = config.workers.max(1);
         let listeners = bind_listeners(&config, workers)?;
         let local_addr = listeners[0].local_addr()?;
@@ -83,6 +108,7 @@ impl Server {
             draining: AtomicBool::new(false),
             per_ip: PerIp::default(),
             open_conns: AtomicUsize::new(0),
+            tokens: RwLock::new(tokens.map(Arc::new)),
         });
         let mut mailboxes = Vec::new();
         let mut built = Vec::new();
@@ -204,6 +230,15 @@ impl ServerHandle {
         self.drainer().drain();
     }
 
+    /// Takes the token settings of `config` (`jwt_secret`, `jwt_public_key`, re-read from its
+    /// file now, `jwt_leeway`) for every upgrade and publish from now on; meant for SIGHUP. On
+    /// an error (an unreadable or unusable key) the keys in force stay and the error is
+    /// returned. Open connections keep the claims they were admitted with, until their `exp`.
+    /// A configuration with neither key turns tokens off.
+    pub fn reload_tokens(&self, config: &Config) -> Result<(), String> {
+        self.shared.reload_tokens(config)
+    }
+
     /// A handle that can start the drain from another thread (a signal handler's).
     pub fn drainer(&self) -> Drainer {
         Drainer {
@@ -288,7 +323,18 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn reload(&self, new: &Config) -> Reloaded {
-        let (now, report) = self.shared.live.reload(new);
+        // Tokens first: keys that cannot be used leave the token settings as they are.
+        let mut token_error = None;
+        let mut new = new.clone();
+        if let Err(e) = self.shared.reload_tokens(&new) {
+            let running = self.shared.live.current();
+            new.jwt_secret = running.jwt_secret.clone();
+            new.jwt_public_key = running.jwt_public_key.clone();
+            new.jwt_leeway = running.jwt_leeway;
+            token_error = Some(format!("tokens: {e}; the keys in force are kept"));
+        }
+        let (now, mut report) = self.shared.live.reload(&new);
+        report.errors.extend(token_error);
         self.shared.hub.set_limits(now.max_topics, now.max_backlog);
         // Idle workers pick the new configuration up at once rather than at their next event.
         for w in &self.wakers {

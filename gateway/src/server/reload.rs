@@ -63,6 +63,8 @@ pub struct Reloaded {
     /// Settings that differ in the new configuration but need a restart; the running value
     /// was kept.
     pub needs_restart: Vec<&'static str>,
+    /// What could not be applied (an unusable token key: the keys in force stay).
+    pub errors: Vec<String>,
 }
 
 /// `old` with every setting that may change taken from `new`, and what differed.
@@ -94,6 +96,9 @@ fn merge(old: &Config, new: &Config) -> (Config, Reloaded) {
         max_backlog,
         flush_interval,
         publish_token,
+        jwt_secret,
+        jwt_public_key,
+        jwt_leeway,
         trust_loopback,
         watch,
         tail,
@@ -126,6 +131,9 @@ fn merge(old: &Config, new: &Config) -> (Config, Reloaded) {
         allowed_origins => "allow-origin",
         subprotocols => "protocol",
         publish_token => "publish-token",
+        jwt_secret => "jwt-secret",
+        jwt_public_key => "jwt-public-key",
+        jwt_leeway => "jwt-leeway",
         max_topics => "max-topics",
         max_backlog => "max-backlog",
         flush_interval => "flush-interval",
@@ -186,7 +194,8 @@ mod tests {
             again,
             Reloaded {
                 changed: vec![],
-                needs_restart: vec!["listen", "workers"]
+                needs_restart: vec!["listen", "workers"],
+                errors: vec![],
             }
         );
     }

@@ -309,6 +309,10 @@ impl Worker {
         let Some(room) = self.topics_of(key).next() else {
             return;
         };
+        if !self.may_chat(key) {
+            let reason = "the token's publish claim does not cover this room";
+            return self.close_ws(key, CloseCode::POLICY, reason);
+        }
         // A chat message already read is never dropped; while the hub is congested the client
         // is paused instead: published, then not read until the workers catch up.
         self.shared.hub.publish_id(room, kind, payload.into());

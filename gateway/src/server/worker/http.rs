@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 
 use super::{Worker, feeds};
+use crate::auth::{Refusal as TokenRefusal, unix_now};
 use crate::http::origin::OriginPolicy;
 use crate::http::publish::{PublishCheck, PublishPolicy, check_publish};
 use crate::http::response::{JSON, Response, TEXT, status_text, write_refusal};
@@ -79,6 +80,10 @@ impl Worker {
                 self.refuse(key, &e);
                 input.len()
             }
+            Err(Refusal::Token(r)) => {
+                self.refuse_token(key, r);
+                input.len()
+            }
         }
     }
 
@@ -112,6 +117,16 @@ impl Worker {
             deflate: cfg.deflate,
         };
         let accepted = handshake::accept(req, &policy).map_err(Refusal::Handshake)?;
+        // With tokens on, the token must be valid and cover the socket's topic.
+        let topic = match route {
+            Route::Chat => Some(format!("chat/{param}")),
+            Route::File => Some(format!("file/{param}")),
+            Route::Log => Some(format!("log/{param}")),
+            _ => None,
+        };
+        let authorized = self
+            .check_upgrade_token(req, topic.as_deref())
+            .map_err(Refusal::Token)?;
         // The room's topic is created only for an accepted upgrade, so refused requests
         // create nothing.
         let room = match route {
@@ -127,6 +142,9 @@ impl Worker {
             let handshake = &self.shared.stats.latencies(self.id).handshake;
             handshake.observe(at.elapsed(), 1);
             super::shrink_side(&mut self.accepted_at);
+        }
+        if let Some(a) = authorized {
+            self.auth.insert(key, a);
         }
         self.open(key, route, accepted.deflate);
         match route {
@@ -193,6 +211,19 @@ impl Worker {
         write_refusal(e, &mut out);
         self.send_answer(key, e.status(), &out, After::Close);
         self.scratch = out;
+    }
+
+    /// An upgrade refused for its token: 401 with a `WWW-Authenticate` challenge, or 403 for
+    /// a topic the token does not cover; the body says which.
+    fn refuse_token(&mut self, key: usize, r: TokenRefusal) {
+        let challenge = match r {
+            TokenRefusal::Missing => &[("WWW-Authenticate", "Bearer")][..],
+            TokenRefusal::Forbidden => &[],
+            _ => &[("WWW-Authenticate", "Bearer error=\"invalid_token\"")][..],
+        };
+        let body = format!("{}\n", r.message());
+        let response = Response::new(r.status(), TEXT, body.as_bytes()).headers(challenge);
+        self.respond(key, &response, After::Close);
     }
 
     /// A bare status with its reason phrase as the body.
@@ -272,7 +303,26 @@ impl Worker {
         topic: &str,
         input: &[u8],
     ) -> usize {
-        let cfg = &self.config;
+        let shared = self.shared.clone();
+        let cfg = self.config.clone();
+        let verifier = shared.verifier();
+        let stats = shared.stats.worker(self.id);
+        // A JWT is accepted when its `publish` claim covers the topic.
+        let jwt = |token: &str, topic: &str| {
+            let checked = verifier
+                .as_ref()
+                .ok_or(TokenRefusal::Algorithm)?
+                .verify(token, unix_now())
+                .and_then(|c| {
+                    c.allows_publish(topic)
+                        .then_some(())
+                        .ok_or(TokenRefusal::Forbidden)
+                });
+            if let Err(r) = checked {
+                super::auth::count_refusal(stats, r);
+            }
+            checked
+        };
         let policy = PublishPolicy {
             max_body: cfg.max_message,
             token: cfg.publish_token.as_deref(),
@@ -280,6 +330,7 @@ impl Worker {
             origins: OriginPolicy {
                 allowed: &cfg.allowed_origins,
             },
+            jwt: verifier.is_some().then_some(&jwt as _),
         };
         let peer = self.conns[key].stream.peer_addr().ok().map(|a| a.ip());
         let (body, kind, end, keep_alive) = match check_publish(req, topic, input, peer, &policy) {
@@ -337,6 +388,8 @@ enum Refusal {
     Status(u16),
     /// The handshake itself was refused.
     Handshake(HandshakeError),
+    /// The token was missing, invalid, or does not cover the socket's topic (401 or 403).
+    Token(TokenRefusal),
 }
 
 /// Answers a connection (503) without giving it a slot: the answer (which fits a fresh

@@ -6,6 +6,7 @@
 //! - [`accept`]: new connections: `--max-conns`, and running out of descriptors (retry, reserve).
 //! - [`sockets`]: the edge-triggered I/O rules and the cork: reading, sending, queueing, draining.
 //! - [`http`]: a request head: route, upgrade or refusal, plain answers, the publish API.
+//! - [`auth`]: tokens: the upgrade's token checked, its claims kept by slot, its expiry (3000).
 //! - [`ws`]: an open WebSocket: the `proto::Session` driven with the socket's bytes; echo.
 //! - [`multiplex`]: the `/ws` JSON protocol, parsed into a `Command` and executed.
 //! - [`delivery`]: topics: subscribing (one routine for every endpoint), delivering published
@@ -34,6 +35,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 mod accept;
+mod auth;
 mod delivery;
 mod drain;
 mod feeds;
@@ -157,8 +159,10 @@ pub(crate) struct Worker {
     more_topics: SideTable<Vec<TopicId>>,
     /// each connection's address, while `--max-conns-per-ip` is on,
     peer_ips: SideTable<std::net::IpAddr>,
-    /// and when a connection still in its request head was accepted.
+    /// when a connection still in its request head was accepted,
     accepted_at: SideTable<Instant>,
+    /// and what a connection admitted with a token may do, until when (tokens on only).
+    auth: SideTable<auth::Authorized>,
     /// This worker's subscriptions.
     local: LocalTopics,
     due_subs: Vec<Sub>,
@@ -223,6 +227,7 @@ impl Worker {
             more_topics: SideTable::default(),
             peer_ips: SideTable::default(),
             accepted_at: SideTable::default(),
+            auth: SideTable::default(),
             local: LocalTopics::default(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),
@@ -360,6 +365,9 @@ impl Worker {
         }
         if self.accepted_at.remove(&key).is_some() {
             shrink_side(&mut self.accepted_at);
+        }
+        if self.auth.remove(&key).is_some() {
+            shrink_side(&mut self.auth);
         }
         if let Some(out) = conn.out {
             out.recycle(&mut self.pool);

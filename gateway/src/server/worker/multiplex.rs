@@ -1,7 +1,8 @@
 //! The multiplexed `/ws` JSON protocol (docs/PROTOCOL.md): a client message is parsed into a
 //! [`Command`] (a pure function, tested alone), then executed against the hub and the worker's
 //! subscriptions. Every command gets exactly one reply: `subscribed`, `unsubscribed`,
-//! `published` or `error`.
+//! `published` or `error`. With tokens on, a subscribe needs the token's `topics` claim and a
+//! publish its `publish` claim to cover the topic; otherwise the reply is an `error`.
 
 use serde_json::{Value, json};
 
@@ -12,6 +13,11 @@ use crate::proto::MessageKind;
 use crate::server::conn::Phase;
 use crate::server::stats::WorkerStats;
 use crate::topics::{Refused, Style, TopicKind, is_valid_topic};
+
+/// The answer to a subscribe outside the token's `topics` claim.
+const NOT_IN_TOPICS: &str = "the token's topics claim does not cover this topic";
+/// The answer to a publish outside the token's `publish` claim.
+const NOT_IN_PUBLISH: &str = "the token's publish claim does not cover this topic";
 
 /// Topics one `/ws` connection may subscribe to at once.
 const MAX_SUBSCRIPTIONS: usize = 64;
@@ -139,6 +145,9 @@ impl Worker {
                 }
             }
             Command::Publish { topic, data } => {
+                if !self.may_publish(key, &topic) {
+                    return self.reply_error(key, NOT_IN_PUBLISH, &topic);
+                }
                 let hub = &self.shared.hub;
                 let r = match hub.try_publish(&topic, MessageKind::Text, data.into_bytes().into()) {
                     Ok(r) => r,
@@ -160,6 +169,10 @@ impl Worker {
     }
 
     fn subscribe_command(&mut self, key: usize, topic: &str, since: Option<u64>) {
+        // Checked before the topic is looked up, so a refused name creates nothing.
+        if !self.may_subscribe(key, topic) {
+            return self.reply_error(key, NOT_IN_TOPICS, topic);
+        }
         let Some(id) = self.shared.hub.try_topic(topic, TopicKind::Stream) else {
             return self.reply_error(key, TOO_MANY_TOPICS, topic);
         };

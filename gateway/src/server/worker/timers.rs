@@ -1,5 +1,6 @@
 //! Deadlines: the handshake timeout, an open session's keep-alive and close deadlines (computed
-//! by the session from the ticks it is given), and the close grace of a lingering connection.
+//! by the session from the ticks it is given) and its token's expiry, and the close grace of a
+//! lingering connection.
 //!
 //! Each connection has at most one live entry on the worker's timing wheel; when it comes due
 //! the connection's deadline is recomputed, so entries never need to be cancelled: an entry that
@@ -10,7 +11,7 @@ use std::time::Duration;
 use super::Worker;
 use crate::proto::{Timeout, Timeouts};
 use crate::server::Config;
-use crate::server::conn::{Conn, Phase};
+use crate::server::conn::Phase;
 use crate::server::stats::WorkerStats;
 use crate::server::timer;
 
@@ -41,18 +42,23 @@ impl Worker {
         deadline.saturating_duration_since(std::time::Instant::now())
     }
 
-    /// The tick at which this connection next needs attention.
-    fn next_due(&self, conn: &Conn) -> u32 {
+    /// The tick at which this connection next needs attention; an open connection's token
+    /// expiry is one of its deadlines.
+    fn next_due(&self, key: usize) -> u32 {
+        let conn = &self.conns[key];
         match &conn.phase {
             Phase::Handshake => conn.since.saturating_add(self.handshake_ticks),
             Phase::Linger => conn.since.saturating_add(self.timeouts.close_grace),
-            Phase::Open(ws) => ws.session.deadline(&self.timeouts),
+            Phase::Open(ws) => ws
+                .session
+                .deadline(&self.timeouts)
+                .min(self.token_expiry(key).unwrap_or(u32::MAX)),
         }
     }
 
     /// Makes sure a wheel entry fires no later than the connection's next deadline.
     pub(super) fn arm_timer(&mut self, key: usize) {
-        let due = self.next_due(&self.conns[key]);
+        let due = self.next_due(key);
         let conn = &mut self.conns[key];
         if conn.timer_at == 0 || due < conn.timer_at {
             let at = due.max(self.timers.current() + 1);
@@ -73,7 +79,7 @@ impl Worker {
                 }
                 _ => continue, // superseded, or the connection is gone
             }
-            if self.next_due(&self.conns[key]) > self.now {
+            if self.next_due(key) > self.now {
                 self.arm_timer(key);
                 continue;
             }
@@ -84,6 +90,9 @@ impl Worker {
     }
 
     fn on_deadline(&mut self, key: usize) {
+        if self.close_if_expired(key) {
+            return;
+        }
         let shared = self.shared.clone();
         let s = shared.stats.worker(self.id);
         let conn = &mut self.conns[key];
