@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use gateway::cli::parse_duration;
+use gateway::commands::{CommandSpec, parse_command_flag};
 use gateway::proto::DeflateConfig;
 use gateway::server::config::format_duration;
 use gateway::server::{Config, Server};
@@ -113,6 +114,15 @@ struct Args {
     /// `/ws/log/NAME?last=N`. Truncation and rotation are followed.
     #[arg(long, value_name = "NAME=PATH", value_parser = parse_feed)]
     tail: Vec<(String, PathBuf)>,
+    /// Run a command per WebSocket (repeatable): `/ws/cmd/NAME` starts COMMAND LINE (split into
+    /// words as a shell would, quotes included; no shell runs it) for each client presenting
+    /// the publish token; its output lines are sent as messages, messages go to its stdin. Off
+    /// unless given; needs --publish-token (without it every request is refused).
+    #[arg(long, value_name = "NAME=COMMAND LINE", value_parser = parse_command_flag)]
+    command: Vec<CommandSpec>,
+    /// Command processes running at once (all workers); past it /ws/cmd/.. answers 503.
+    #[arg(long, default_value_t = DEFAULTS.max_commands)]
+    max_commands: usize,
 }
 
 /// Parses `NAME=PATH` for `--watch` and `--tail`: NAME is one topic segment.
@@ -169,6 +179,8 @@ impl Args {
             flush_interval: self.flush_interval.0,
             watch: self.watch,
             tail: self.tail,
+            commands: self.command,
+            max_commands: self.max_commands,
             ..defaults
         }
     }
@@ -209,6 +221,12 @@ fn main() -> ExitCode {
                 config.workers,
                 config.max_conns
             );
+            if !config.commands.is_empty() && config.publish_token.is_none() {
+                eprintln!(
+                    "gateway: --command is set but --publish-token is not: every /ws/cmd/.. \
+                     request will be refused (403)"
+                );
+            }
             drain_on_signals(&server);
             server.join();
             eprintln!("gateway: drained, exiting");
@@ -294,6 +312,8 @@ mod tests {
             trust_loopback,
             watch,
             tail,
+            commands,
+            max_commands,
         } = got;
         assert_eq!(*listen, want.listen, "listen");
         assert_eq!(*workers, want.workers, "workers");
@@ -337,6 +357,8 @@ mod tests {
         assert_eq!(*trust_loopback, want.trust_loopback, "trust_loopback");
         assert_eq!(*watch, want.watch, "watch");
         assert_eq!(*tail, want.tail, "tail");
+        assert_eq!(*commands, want.commands, "commands");
+        assert_eq!(*max_commands, want.max_commands, "max_commands");
     }
 
     #[test]
@@ -405,6 +427,35 @@ mod tests {
         assert_eq!(a.listen.port(), 80);
         assert_eq!(a.max_message, 16 << 20);
         assert!(Args::try_parse_from(["gateway", "--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn command_flags() {
+        let a = Args::try_parse_from([
+            "gateway",
+            "--command",
+            "sed=sed -u 's/a/b/'",
+            "--command",
+            "sh=sh -c 'echo $$; exec yes'",
+            "--max-commands",
+            "3",
+        ])
+        .unwrap();
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            a.command,
+            [
+                ("sed".into(), words(&["sed", "-u", "s/a/b/"])),
+                ("sh".into(), words(&["sh", "-c", "echo $$; exec yes"])),
+            ]
+        );
+        assert_eq!(a.max_commands, 3);
+        for bad in ["sed", "a/b=cat", "x=", "x=ls | wc", "x=echo 'open"] {
+            assert!(
+                Args::try_parse_from(["gateway", "--command", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
