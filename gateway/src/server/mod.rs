@@ -7,7 +7,8 @@
 //! counters that `/metrics` sums.
 //!
 //! The feeds configured with `--watch` and `--tail` ([`crate::feeds`]) run on threads of their
-//! own, started here and stopped with the workers.
+//! own, started here and stopped with the workers. Command processes (`--command`) belong to
+//! the worker whose connection started them.
 
 pub mod config;
 mod conn;
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     /// Open connections per client address (only with `--max-conns-per-ip`).
     pub per_ip: PerIp,
     pub open_conns: AtomicUsize,
+    /// Command processes running (spawned and not yet reaped), against `--max-commands`.
+    pub running_commands: AtomicUsize,
     pub stats: Stats,
     /// Shared with the feed threads, which publish to it.
     pub hub: Arc<Hub>,
@@ -58,6 +61,8 @@ impl Server {
     /// file that is missing is not an error: it is reported, and followed once it appears.
     pub fn start(config: Config) -> io::Result<ServerHandle> {
         feeds::check_names(&config.watch, &config.tail)?;
+        crate::commands::check_commands(&config.commands)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let workers = config.workers.max(1);
         let listeners = bind_listeners(&config, workers)?;
         let local_addr = listeners[0].local_addr()?;
@@ -76,6 +81,7 @@ impl Server {
             draining: AtomicBool::new(false),
             per_ip: PerIp::default(),
             open_conns: AtomicUsize::new(0),
+            running_commands: AtomicUsize::new(0),
         });
         let mut mailboxes = Vec::new();
         let mut built = Vec::new();

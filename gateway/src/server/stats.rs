@@ -61,6 +61,11 @@ counters! {
     pong_timeouts_total: "connections dropped at the pong timeout",
     close_grace_timeouts_total: "closing connections dropped at the close grace timeout",
     pings_sent_total: "keep-alive pings sent",
+    commands_started_total: "command processes started (/ws/cmd/..)",
+    commands_refused_busy_total: "command sockets refused with 503 because --max-commands processes were running",
+    commands_failed_total: "command sockets closed with 1011 because the process could not start",
+    commands_killed_total: "command processes sent SIGKILL after ignoring stdin's end and SIGINT",
+    commands_binary_refused_total: "command sockets closed with 1003 for a binary message",
 }
 
 impl WorkerStats {

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 
 use super::{Worker, feeds};
+use crate::http::command::Denied;
 use crate::http::origin::OriginPolicy;
 use crate::http::publish::{PublishCheck, PublishPolicy, check_publish};
 use crate::http::response::{JSON, Response, TEXT, status_text, write_refusal};
@@ -58,6 +59,11 @@ impl Worker {
             return input.len();
         }
         let (route, param) = routes::route(req.path());
+        let head_or_get = req.method == "GET" || req.method == "HEAD";
+        if route == Route::Echo && head_or_get && routes::wants_echo_page(&req) {
+            self.answer_plain(key, &req, Route::EchoPage, param);
+            return input.len();
+        }
         if route == Route::Publish {
             return self.publish_request(key, &req, param, input);
         }
@@ -77,6 +83,10 @@ impl Worker {
             }
             Err(Refusal::Handshake(e)) => {
                 self.refuse(key, &e);
+                input.len()
+            }
+            Err(Refusal::Denied(denied)) => {
+                self.respond_denied(key, denied);
                 input.len()
             }
         }
@@ -100,6 +110,9 @@ impl Worker {
         {
             return Err(Refusal::Status(404));
         }
+        if route == Route::Command {
+            self.check_command(req, param)?;
+        }
         let cfg = &self.shared.config;
         let origins = OriginPolicy {
             allowed: &cfg.allowed_origins,
@@ -112,6 +125,9 @@ impl Worker {
             deflate: cfg.deflate,
         };
         let accepted = handshake::accept(req, &policy).map_err(Refusal::Handshake)?;
+        if route == Route::Command {
+            self.reserve_command()?;
+        }
         // The room's topic is created only for an accepted upgrade, so refused requests
         // create nothing.
         let room = match route {
@@ -132,6 +148,7 @@ impl Worker {
         match route {
             Route::Chat => self.subscribe_chat(key, room.expect("chat rooms have a topic")),
             Route::File | Route::Log => self.subscribe_feed(key, route, param, req.query()),
+            Route::Command => self.start_command(key, param),
             _ => {}
         }
         Ok(())
@@ -166,6 +183,11 @@ impl Worker {
                     bytes as u64,
                 ),
                 (
+                    "commands_running",
+                    "command processes running (spawned, not yet reaped), against --max-commands",
+                    shared.running_commands.load(Ordering::Relaxed) as u64,
+                ),
+                (
                     "history_bytes",
                     "payload bytes held in the history of all stream topics (--history-memory)",
                     shared.hub.history_bytes() as u64,
@@ -180,6 +202,7 @@ impl Worker {
             metrics: &metrics,
             topics: &topics,
             file: &file,
+            commands: &shared.config.commands,
         };
         let status = routes::respond(req, route, param, &ctx, &mut out);
         self.send_answer(key, status, &out, After::Close);
@@ -203,6 +226,18 @@ impl Worker {
             &Response::new(status, TEXT, body.as_bytes()),
             After::Close,
         );
+    }
+
+    /// A refused command socket: its status and why, as text.
+    fn respond_denied(&mut self, key: usize, denied: Denied) {
+        let body = format!("{}\n", denied.reason);
+        let headers: &[(&str, &str)] = match denied.status {
+            401 => &[("WWW-Authenticate", "Bearer")],
+            503 => &[("Retry-After", "1")],
+            _ => &[],
+        };
+        let response = Response::new(denied.status, TEXT, body.as_bytes()).headers(headers);
+        self.respond(key, &response, After::Close);
     }
 
     /// A JSON answer (the publish API).
@@ -332,11 +367,14 @@ impl Worker {
 }
 
 /// Why an upgrade was not accepted.
-enum Refusal {
-    /// Answered with a bare status (404 for an unknown room or feed, 503 at the topic limit).
+pub(super) enum Refusal {
+    /// Answered with a bare status (404 for an unknown room, feed or command, 503 at the topic
+    /// limit).
     Status(u16),
     /// The handshake itself was refused.
     Handshake(HandshakeError),
+    /// A command socket refused (401, 403, 503), with the reason as the body.
+    Denied(Denied),
 }
 
 /// Answers a connection (503) without giving it a slot: the answer (which fits a fresh
