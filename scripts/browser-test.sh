@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Browser-level test: the chat page (and the file page, when the gateway has --watch) driven in
-# headless Chromium over WebDriver (scripts/browser/e2e.py, standard-library Python only).
+# Browser-level test: the chat page, the echo tester (and the file page and the command pages,
+# when the gateway has --watch and --command) driven in headless Chromium over WebDriver
+# (scripts/browser/e2e.py, standard-library Python only).
 # Installs Debian's chromium and chromium-driver when missing, if running as root with apt-get;
 # otherwise says what to install. (--install is accepted for compatibility.)
 #   scripts/browser-test.sh [--install] [--gateway PATH]
@@ -13,7 +14,7 @@ for arg in "$@"; do
   case "$arg" in
     --install) install=1 ;;
     --gateway=*) gateway=${arg#--gateway=} ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "browser-test: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -47,6 +48,12 @@ file_arg=()
 if "$gateway" --help | grep -q -- '--watch'; then
   args+=(--watch "notes=$watched")
   file_arg=(--file "notes=$watched")
+fi
+if "$gateway" --help | grep -q -- '--command'; then
+  token=e2e-$RANDOM$RANDOM
+  args+=(--publish-token "$token" --command 'sed=sed -u s/a/b/'
+         --command "count=sh -c 'echo one; echo two; exit 3'")
+  file_arg+=(--token "$token")
 fi
 "$gateway" "${args[@]}" >"$work/gateway.log" 2>&1 &
 gw_pid=$!
