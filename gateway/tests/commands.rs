@@ -405,3 +405,32 @@ fn the_environment_is_clean() {
     let want: HashSet<&str> = ["PATH=/usr/bin:/bin", "LANG=C.UTF-8", "{\"exit\":0}"].into();
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_drain_ends_command_sockets_and_their_processes() {
+    let _serial = serial();
+    let server = server_with(&["cat=sh -c 'echo $$; exec cat'"], |c| {
+        c.drain = Duration::from_millis(200);
+    });
+    let mut ws = open(server.local_addr(), "cat");
+    let pgid: u32 = next_text(&mut ws).parse().expect("the shell's pid");
+    server.drain();
+    ws.expect_close(1001);
+    ws.send_close(1001, "");
+    // The workers stop only once the process of the closed socket is gone.
+    server.join();
+    assert!(group_members(pgid).is_empty(), "{:?}", group_members(pgid));
+}
+
+#[test]
+fn stopping_the_server_kills_its_commands() {
+    let _serial = serial();
+    let server = server_with(
+        &["stubborn=sh -c 'trap \"\" INT; echo $$; while :; do sleep 0.1; done'"],
+        |_| {},
+    );
+    let mut ws = open(server.local_addr(), "stubborn");
+    let pgid: u32 = next_text(&mut ws).parse().expect("the shell's pid");
+    drop(server);
+    wait_group_gone(pgid);
+}
