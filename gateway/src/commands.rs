@@ -166,6 +166,7 @@ mod tests {
             ("echo 'é€😀'", &["echo", "é€😀"]),
             ("sed -u 's/a*/[&]/g'", &["sed", "-u", "s/a*/[&]/g"]),
             ("echo \"$HOME\"", &["echo", "$HOME"]),
+            ("sed -u \"s/.*/\\U&/\"", &["sed", "-u", "s/.*/\\U&/"]),
             (
                 "grep --line-buffered '|'",
                 &["grep", "--line-buffered", "|"],
