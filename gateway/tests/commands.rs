@@ -158,6 +158,19 @@ fn output_lines_arrive_in_order_then_the_exit_status_and_close_1000() {
 }
 
 #[test]
+fn invalid_utf8_output_is_replaced_not_failed() {
+    let _serial = serial();
+    let server = server_with(
+        &["bytes=sh -c 'printf \"\\377\\376ok\\r\\nend\\n\"'"],
+        |_| {},
+    );
+    let mut ws = open(server.local_addr(), "bytes");
+    let (texts, code) = read_to_close(&mut ws);
+    assert_eq!(code, 1000);
+    assert_eq!(texts, ["\u{fffd}\u{fffd}ok", "end", "{\"exit\":0}"]);
+}
+
+#[test]
 fn stdin_round_trip_through_a_line_buffered_filter() {
     let _serial = serial();
     let server = server_with(&["sed=sed -u s/a/b/"], |_| {});
