@@ -195,6 +195,26 @@ fn stdin_round_trip_through_a_line_buffered_filter() {
 }
 
 #[test]
+fn input_waits_for_a_process_that_is_not_reading_yet() {
+    let _serial = serial();
+    // cat starts reading after a second: the megabyte sent meanwhile is far over the 64 KiB the
+    // gateway holds for stdin, so the socket is left unread, then read again as cat catches up.
+    let server = server_with(&["late=sh -c 'sleep 1; exec cat'"], |_| {});
+    let addr = server.local_addr();
+    let mut ws = open(addr, "late");
+    let line = |i: usize| format!("{i:06} {}", "x".repeat(93));
+    for i in 0..10_000 {
+        ws.send_text(&line(i));
+    }
+    for i in 0..10_000 {
+        assert_eq!(next_text(&mut ws), line(i));
+    }
+    ws.send_close(1000, "");
+    ws.expect_close(1000);
+    wait_none_running(addr);
+}
+
+#[test]
 fn a_partial_line_is_sent_after_a_short_wait() {
     let _serial = serial();
     let server = server_with(
