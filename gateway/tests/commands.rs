@@ -430,13 +430,19 @@ fn pages_index_and_echo_tester() {
 fn the_environment_is_clean() {
     let _serial = serial();
     // The gateway's own environment (this test process's) is not passed on.
-    let server = server_with(&["env=env"], |_| {});
+    let server = server_with(&["env=env", "fds=ls /proc/self/fd"], |_| {});
     let mut ws = open(server.local_addr(), "env");
     let (texts, code) = read_to_close(&mut ws);
     assert_eq!(code, 1000);
     let got: HashSet<&str> = texts.iter().map(String::as_str).collect();
     let want: HashSet<&str> = ["PATH=/usr/bin:/bin", "LANG=C.UTF-8", "{\"exit\":0}"].into();
     assert_eq!(got, want);
+    // Nor any of its descriptors (sockets, listeners, epoll, other commands' pipes): only the
+    // three pipes, and the one `ls` opens to read the directory.
+    let mut ws = open(server.local_addr(), "fds");
+    let (texts, code) = read_to_close(&mut ws);
+    assert_eq!(code, 1000);
+    assert_eq!(texts, ["0", "1", "2", "3", "{\"exit\":0}"]);
 }
 
 #[test]

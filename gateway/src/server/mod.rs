@@ -59,10 +59,16 @@ impl Server {
     /// Binds the listeners and starts the workers and the feeds. Errors (address in use, bad
     /// address, a bad feed name) are returned before any thread starts. A watched or tailed
     /// file that is missing is not an error: it is reported, and followed once it appears.
+    /// With commands configured, the descriptors this process inherited are marked
+    /// close-on-exec ([`crate::sys::cloexec_inherited`]), so no command inherits them.
     pub fn start(config: Config) -> io::Result<ServerHandle> {
         feeds::check_names(&config.watch, &config.tail)?;
         crate::commands::check_commands(&config.commands)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if !config.commands.is_empty() {
+            // Commands get their three pipes and nothing else of this process.
+            crate::sys::cloexec_inherited()?;
+        }
         let workers = config.workers.max(1);
         let listeners = bind_listeners(&config, workers)?;
         let local_addr = listeners[0].local_addr()?;
