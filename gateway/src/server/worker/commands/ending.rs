@@ -92,21 +92,23 @@ impl Worker {
             .map(|(k, _)| k)
             .collect();
         for pk in due {
-            let owner = self.procs.slab[pk].owner;
+            // Each step touches only its own process, but a removed one is skipped all the same.
+            let Some(owner) = self.procs.slab.get(pk).map(|p| p.owner) else {
+                continue;
+            };
             self.process_due(pk, now);
             self.reap_owner(owner);
         }
     }
 
     fn process_due(&mut self, pk: usize, now: Instant) {
-        if self.procs.slab[pk].needs_poll() {
+        if self.procs.slab.get(pk).is_some_and(|p| p.needs_poll()) {
             self.check_exit(pk);
         }
         let Some(proc) = self.procs.slab.get_mut(pk) else {
             return;
         };
-        if let Some((at, step)) = proc.stop.filter(|(at, _)| *at <= now) {
-            let _ = at;
+        if let Some((_, step)) = proc.stop.filter(|(at, _)| *at <= now) {
             match step {
                 Stop::Interrupt => {
                     proc.process.signal_group(libc::SIGINT);

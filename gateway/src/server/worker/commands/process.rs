@@ -153,3 +153,71 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // pidfd_open sets O_CLOEXEC itself, so no later child inherits it.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::{Duration, Instant};
+
+    fn words(w: &[&str]) -> Vec<String> {
+        w.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Polls [`Process::try_reap`] (the path without pidfds) until the process is reaped.
+    fn reap(p: &mut Process) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = p.try_reap().expect("waitid") {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "never exited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn exits_and_signals_are_reaped_without_blocking() {
+        let mut p = Process::spawn(&words(&["sh", "-c", "exit 7"])).unwrap();
+        assert_eq!(reap(&mut p).code(), Some(7));
+        // Reaped: no second status, and signals go nowhere.
+        assert!(p.try_reap().unwrap().is_none());
+        p.signal_group(libc::SIGKILL);
+
+        let mut p = Process::spawn(&words(&["sleep", "30"])).unwrap();
+        assert!(p.try_reap().unwrap().is_none(), "still running");
+        p.signal_group(libc::SIGTERM);
+        assert_eq!(reap(&mut p).signal(), Some(libc::SIGTERM));
+
+        let e = Process::spawn(&words(&["/nonexistent/program"])).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn the_group_goes_with_its_leader() {
+        // The leader exits at once; its background child would sleep on.
+        let mut p = Process::spawn(&words(&["sh", "-c", "sleep 30 & echo $!"])).unwrap();
+        let stdout = p.stdout.take().unwrap();
+        stdout.set_nonblocking(false).unwrap();
+        // One line: the background child keeps the pipe open, so there is no end to read to.
+        let mut out = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut out).unwrap();
+        let child: u32 = out.trim().parse().unwrap();
+        assert_eq!(reap(&mut p).code(), Some(0));
+        // Killed before the leader was reaped; gone (or a zombie of init's) soon after.
+        let start = Instant::now();
+        while let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
+            if stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{child} still runs"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
