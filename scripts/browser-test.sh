@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Browser-level test: the chat page (the file page with --watch; the chat page with a token on a
-# second gateway with --jwt-secret) in headless Chromium over WebDriver (scripts/browser/e2e.py,
-# standard-library Python only). Installs Debian's chromium and chromium-driver when missing, if
-# running as root with apt-get; otherwise says what to install. (--install is accepted.)
+# Browser-level test: the chat page, the echo tester (and the file page and the command pages,
+# when the gateway has --watch and --command) driven in headless Chromium over WebDriver
+# (scripts/browser/e2e.py, standard-library Python only); then, on a second gateway with
+# --jwt-secret, the chat page and the command pages with a token (JWT).
+# Installs Debian's chromium and chromium-driver when missing, if running as root with apt-get;
+# otherwise says what to install. (--install is accepted for compatibility.)
 #   scripts/browser-test.sh [--install] [--gateway PATH]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +15,7 @@ for arg in "$@"; do
   case "$arg" in
     --install) install=1 ;;
     --gateway=*) gateway=${arg#--gateway=} ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "browser-test: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -48,6 +50,12 @@ if "$gateway" --help | grep -q -- '--watch'; then
   args+=(--watch "notes=$watched")
   file_arg=(--file "notes=$watched")
 fi
+if "$gateway" --help | grep -q -- '--command'; then
+  token=e2e-$RANDOM$RANDOM
+  args+=(--publish-token "$token" --command 'sed=sed -u s/a/b/'
+         --command "count=sh -c 'echo one; echo two; exit 3'")
+  file_arg+=(--token "$token")
+fi
 "$gateway" "${args[@]}" >"$work/gateway.log" 2>&1 &
 gw_pid=$!
 trap 'kill $gw_pid 2>/dev/null || true; wait $gw_pid 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -57,17 +65,21 @@ for _ in $(seq 100); do
 done
 python3 scripts/browser/e2e.py --base "http://127.0.0.1:$port" "${file_arg[@]}" --shots target/browser
 
-# Tokens: a second gateway with --jwt-secret; the chat page passes its ?token= to its socket.
+# Tokens: a second gateway with --jwt-secret; the chat and command pages pass their ?token= to
+# their socket, and the token's claims allow the room and the commands.
 if "$gateway" --help | grep -q -- '--jwt-secret'; then
   secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
   jport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$gateway" --listen "127.0.0.1:$jport" --jwt-secret "$secret" >"$work/gateway-jwt.log" 2>&1 &
+  "$gateway" --listen "127.0.0.1:$jport" --jwt-secret "$secret" --command 'sed=sed -u s/a/b/' \
+    --command "count=sh -c 'echo one; echo two; exit 3'" >"$work/gateway-jwt.log" 2>&1 &
   jwt_pid=$!
   trap 'kill $gw_pid $jwt_pid 2>/dev/null || true; wait $gw_pid $jwt_pid 2>/dev/null || true; rm -rf "$work"' EXIT
   for _ in $(seq 100); do
     if python3 -c "import socket; socket.create_connection(('127.0.0.1', $jport), 0.2)" 2>/dev/null; then break; fi
     sleep 0.1
   done
-  token=$("$gateway" token --secret "$secret" --sub browser --topics 'chat/*' --publish 'chat/*' --ttl 10m)
-  python3 scripts/browser/e2e.py --base "http://127.0.0.1:$jport" --token "$token" --shots target/browser
+  jwt=$("$gateway" token --secret "$secret" --sub browser --topics 'chat/*' --publish 'chat/*' \
+    --commands sed,count --ttl 10m)
+  python3 scripts/browser/e2e.py --base "http://127.0.0.1:$jport" --jwt "$jwt" --token "$jwt" \
+    --shots target/browser
 fi

@@ -5,6 +5,7 @@
 //! - [`server`]: the mio event loop: workers, connections, buffers, timers.
 //! - [`topics`]: the topic hub: sequence numbers, history, and frames encoded once for all
 //!   subscribers.
+//! - [`commands`]: `--command NAME=COMMAND LINE` parsed (words split as a shell would, no shell).
 //! - [`feeds`]: what feeds topics from files: file watch (`file/NAME`) and log tail (`log/NAME`).
 //! - [`http`]: routing of requests on the one port, and the plain HTTP answers.
 //! - [`cli`]: command-line helpers shared with `loadgen` (durations), and the layers of the
@@ -14,6 +15,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod commands;
 pub mod feeds;
 pub mod http;
 pub mod logging;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use gateway::cli::layers;
 use gateway::cli::parse_duration;
+use gateway::commands::{CommandSpec, parse_command_flag};
 use gateway::logging;
 use gateway::proto::DeflateConfig;
 use gateway::server::config::format_duration;
@@ -152,6 +153,15 @@ struct Args {
     /// `/ws/log/NAME?last=N`. Truncation and rotation are followed.
     #[arg(long, value_name = "NAME=PATH", value_parser = parse_feed)]
     tail: Vec<(String, PathBuf)>,
+    /// Run a command per WebSocket (repeatable): `/ws/cmd/NAME` starts COMMAND LINE (split into
+    /// words as a shell would, quotes included; no shell runs it) for each client presenting
+    /// the publish token; its output lines are sent as messages, messages go to its stdin. Off
+    /// unless given; needs --publish-token (without it every request is refused).
+    #[arg(long, value_name = "NAME=COMMAND LINE", value_parser = parse_command_flag)]
+    command: Vec<CommandSpec>,
+    /// Command processes running at once (all workers); past it /ws/cmd/.. answers 503.
+    #[arg(long, default_value_t = DEFAULTS.max_commands)]
+    max_commands: usize,
 }
 
 /// A duration flag for which 0 means none (`--jwt-leeway`, `--flush-interval`).
@@ -216,6 +226,8 @@ impl Args {
             flush_interval: self.flush_interval.0,
             watch: self.watch,
             tail: self.tail,
+            commands: self.command,
+            max_commands: self.max_commands,
             ..defaults
         }
     }
@@ -282,6 +294,13 @@ fn main() -> ExitCode {
                 config.workers,
                 config.max_conns
             );
+            let no_jwt = config.jwt_secret.is_none() && config.jwt_public_key.is_none();
+            if !config.commands.is_empty() && config.publish_token.is_none() && no_jwt {
+                log::warn!(
+                    "--command is set but neither --publish-token nor tokens (JWT) are: every \
+                     /ws/cmd/.. request will be refused (403)"
+                );
+            }
             if let Some(signals) = signals {
                 handle_signals(signals, &server, cli);
             }

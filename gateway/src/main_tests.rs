@@ -45,6 +45,8 @@ fn assert_same(got: &Config, want: &Config) {
         jwt_leeway,
         watch,
         tail,
+        commands,
+        max_commands,
     } = got;
     assert_eq!(*listen, want.listen, "listen");
     assert_eq!(*workers, want.workers, "workers");
@@ -91,6 +93,8 @@ fn assert_same(got: &Config, want: &Config) {
     assert_eq!(*jwt_leeway, want.jwt_leeway, "jwt_leeway");
     assert_eq!(*watch, want.watch, "watch");
     assert_eq!(*tail, want.tail, "tail");
+    assert_eq!(*commands, want.commands, "commands");
+    assert_eq!(*max_commands, want.max_commands, "max_commands");
 }
 
 #[test]
@@ -186,6 +190,35 @@ fn flags_parse() {
     assert_eq!(a.listen.port(), 80);
     assert_eq!(a.max_message, 16 << 20);
     assert!(Args::try_parse_from(["gateway", "--listen", "nowhere"]).is_err());
+}
+
+#[test]
+fn command_flags() {
+    let a = Args::try_parse_from([
+        "gateway",
+        "--command",
+        "sed=sed -u 's/a/b/'",
+        "--command",
+        "sh=sh -c 'echo $$; exec yes'",
+        "--max-commands",
+        "3",
+    ])
+    .unwrap();
+    let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        a.command,
+        [
+            ("sed".into(), words(&["sed", "-u", "s/a/b/"])),
+            ("sh".into(), words(&["sh", "-c", "echo $$; exec yes"])),
+        ]
+    );
+    assert_eq!(a.max_commands, 3);
+    for bad in ["sed", "a/b=cat", "x=", "x=ls | wc", "x=echo 'open"] {
+        assert!(
+            Args::try_parse_from(["gateway", "--command", bad]).is_err(),
+            "{bad}"
+        );
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Operating-system calls that std does not wrap: the open-file limit (getrlimit/setrlimit).
-//! The gateway and loadgen both read and raise it here, and nowhere else.
+//! Operating-system calls that std does not wrap: the open-file limit (getrlimit/setrlimit),
+//! which the gateway and loadgen both read and raise here and nowhere else, and marking the
+//! descriptors a process inherited close-on-exec (so command processes do not get them).
 
 use std::io;
 
@@ -47,6 +48,41 @@ pub fn set_nofile_soft_limit(soft: u64) -> io::Result<()> {
     // SAFETY: `lim` is a valid rlimit; the call only reads it.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Marks every descriptor above stderr close-on-exec, so that no process the gateway starts
+/// (`--command`) inherits one. Descriptors std and mio open are close-on-exec already; this is
+/// for those the gateway itself inherited (from a shell, a supervisor, a test runner), which
+/// would otherwise pass on to every command.
+pub fn cloexec_inherited() -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range(2) takes no pointers; with CLOSE_RANGE_CLOEXEC it closes nothing,
+    // it only sets FD_CLOEXEC on the range (Linux 5.11 and later).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        return Ok(());
+    }
+    // Older kernels: one descriptor at a time, as /proc lists them.
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::c_int>().ok())
+        else {
+            continue;
+        };
+        if fd > 2 {
+            // SAFETY: fcntl(2) with F_GETFD/F_SETFD takes no pointers; a descriptor closed
+            // meanwhile (the directory's own) just fails with EBADF.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -7,8 +7,15 @@ so nothing but Debian's chromium and chromium-driver is needed. Checks:
     log, and a message published by someone else (POST /publish/chat/ROOM) appears live;
   - file (with --file NAME=PATH): the page at /file/NAME shows the file, and shows the new
     content after the file changes on disk;
-  - tokens (with --token JWT, against a gateway with --jwt-secret): the chat page without the
-    token is refused, and with ?token=JWT works as above.
+  - echo: the tester page at /echo (asked for as text/html) connects, shows the echo of a text
+    and of a binary message, and shows the close code of a close it asks for;
+  - commands (with --token T, the gateway run with --publish-token T and the commands
+    sed=sed -u s/a/b/ and count=sh -c 'echo one; echo two; exit 3'): /cmd/sed?token=T sends
+    a typed line through sed and shows the answer, /cmd/count?token=T shows the output and
+    "exited with code 3", and /cmd/sed without the token shows the refusal.
+  - tokens (with --jwt JWT, against a gateway with --jwt-secret): the chat page without the
+    token is refused, and with ?token=JWT works as above; with --token JWT as well, the command
+    pages are driven with the JWT (its `commands` claim lists sed and count).
 Screenshots go to --shots DIR. Exits non-zero with a clear message on the first failure.
 """
 import argparse
@@ -163,13 +170,49 @@ def file_page(wd, base, name, path, shots):
     print("browser: file page ok (content shown and updated live)")
 
 
+def echo_page(wd, base, shots):
+    wd.go("%s/echo" % base)
+    wd.wait_text("#status", lambda t: t == "open", "echo page connects")
+    wd.type("#msg", "hello echo")
+    wd.click("#sendbtn")
+    wd.wait_text("#log", lambda t: "received: hello echo" in t, "echo of a text message shown")
+    wd.click("#binary")
+    wd.type("#msg", "bin")
+    wd.click("#sendbtn")
+    wd.wait_text("#log", lambda t: "received binary (3 bytes): bin" in t, "echo of a binary message shown")
+    wd.screenshot(os.path.join(shots, "echo.png"))
+    wd.click("#close")
+    wd.wait_text("#log", lambda t: "closed: 1000" in t, "close code shown")
+    print("browser: echo tester ok (text and binary echoes, close 1000 shown)")
+
+
+def command_pages(wd, base, token, shots):
+    wd.go("%s/cmd/sed?token=%s" % (base, token))
+    wd.wait_text("#status", lambda t: t == "running", "command page starts sed")
+    wd.type("#line", "banana")
+    wd.click("#send button")
+    wd.wait_text("#log", lambda t: "bbnana" in t, "sed's answer shown")
+    wd.screenshot(os.path.join(shots, "cmd-sed.png"))
+    wd.go("%s/cmd/count?token=%s" % (base, token))
+    wd.wait_text("#exit", lambda t: t == "exited with code 3", "exit status shown")
+    log = wd.text("#log")
+    if "one" not in log or "two" not in log or "exit" in log:
+        raise Failure("count's log should hold its two lines and not the status message: %r" % log)
+    wd.screenshot(os.path.join(shots, "cmd-count.png"))
+    wd.go("%s/cmd/sed" % base)
+    wd.wait_text("#status", lambda t: "refused" in t, "a page without the token shows the refusal")
+    print("browser: command pages ok (stdin round trip, exit status, refusal without the token)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="gateway base URL, e.g. http://127.0.0.1:8080")
     ap.add_argument("--file", help="NAME=PATH of a file the gateway watches (--watch NAME=PATH)")
+    ap.add_argument("--token", help="the gateway's --publish-token, to drive the command pages")
+    ap.add_argument("--jwt", help="a JWT the gateway accepts (it runs with --jwt-secret): the chat "
+                    "page is checked to be refused without it and to work with ?token=; the echo "
+                    "page, which sends no token, is skipped")
     ap.add_argument("--shots", default="target/browser", help="directory for screenshots")
-    ap.add_argument("--token", help="a JWT the gateway accepts (it runs with --jwt-secret): the chat "
-                    "page is checked to be refused without it and to work with ?token=")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--chromedriver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver")
     a = ap.parse_args()
@@ -177,10 +220,14 @@ def main():
     wd = None
     try:
         wd = WebDriver(a.chromedriver, a.chromium)
-        chat(wd, a.base, a.shots, a.token)
+        chat(wd, a.base, a.shots, a.jwt)
         if a.file:
             name, path = a.file.split("=", 1)
             file_page(wd, a.base, name, path, a.shots)
+        if not a.jwt:
+            echo_page(wd, a.base, a.shots)
+        if a.token:
+            command_pages(wd, a.base, a.token, a.shots)
     except Failure as e:
         if wd:
             try:

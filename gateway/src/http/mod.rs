@@ -1,12 +1,13 @@
 //! Plain HTTP on the one port: routing ([`route`]), the plain answers (pages, health, metrics,
 //! 404: [`respond`]), response writing ([`response`]), the publish request checks
-//! ([`publish`]) and the origin rule ([`origin`]).
+//! ([`publish`]), who may start a command ([`command`]) and the origin rule ([`origin`]).
 //!
 //! The event loop parses the request head (with `proto::handshake`) and asks [`route`] what the
 //! path is. WebSocket endpoints go through the upgrade; `POST /publish/{topic}` is checked by
 //! [`publish::check_publish`] and published by the loop (it needs the hub); everything else is
 //! answered here with one response.
 
+pub mod command;
 pub mod origin;
 pub mod pages;
 pub mod publish;
@@ -33,6 +34,12 @@ pub enum Route {
     FilePage,
     /// `GET /ws/log/{name}?last=N` (WebSocket): the lines appended to a tailed log.
     Log,
+    /// `GET /ws/cmd/{name}` (WebSocket): a configured command run for this connection.
+    Command,
+    /// `GET /cmd/{name}`: the page of a command's socket.
+    CommandPage,
+    /// `GET /echo` asked for as a page (`Accept: text/html`, no `Upgrade`): the echo tester.
+    EchoPage,
     /// `POST /publish/{topic}`: a backend publishes a message.
     Publish,
     /// `GET /healthz`: liveness.
@@ -49,7 +56,12 @@ impl Route {
     pub fn is_websocket(self) -> bool {
         matches!(
             self,
-            Route::Echo | Route::Chat | Route::Multiplex | Route::File | Route::Log
+            Route::Echo
+                | Route::Chat
+                | Route::Multiplex
+                | Route::File
+                | Route::Log
+                | Route::Command
         )
     }
 }
@@ -70,6 +82,12 @@ pub fn route(path: &str) -> (Route, &str) {
     }
     if let Some(name) = path.strip_prefix("/ws/log/") {
         return (Route::Log, name);
+    }
+    if let Some(name) = path.strip_prefix("/ws/cmd/") {
+        return (Route::Command, name);
+    }
+    if let Some(name) = path.strip_prefix("/cmd/") {
+        return (Route::CommandPage, name);
     }
     if let Some(topic) = path.strip_prefix("/publish/") {
         return (Route::Publish, topic);
@@ -93,6 +111,8 @@ pub struct PlainContext<'a> {
     /// A watched file's current content (or error text) and its stamp; `None` when no file of
     /// that name is watched.
     pub file: &'a dyn Fn(&str) -> Option<(String, u64)>,
+    /// The configured commands (`--command`), for the index and the command pages.
+    pub commands: &'a [crate::commands::CommandSpec],
 }
 
 impl std::fmt::Debug for PlainContext<'_> {
@@ -126,7 +146,12 @@ pub fn respond(
         Route::Index => {
             let prefix = index_prefix(req.query());
             let page = (ctx.topics)(&prefix);
-            (200, HTML, pages::index(&page, &prefix).into_bytes())
+            let names: Vec<&str> = ctx.commands.iter().map(|(n, _)| n.as_str()).collect();
+            (200, HTML, pages::index(&page, &prefix, &names).into_bytes())
+        }
+        Route::EchoPage => (200, HTML, pages::echo().into_bytes()),
+        Route::CommandPage if ctx.commands.iter().any(|(n, _)| n == param) => {
+            (200, HTML, pages::command(param).into_bytes())
         }
         Route::ChatPage if crate::topics::is_valid_topic(param) && !param.contains('/') => {
             (200, HTML, pages::chat(param).into_bytes())
@@ -144,6 +169,28 @@ pub fn respond(
         response.write(out);
     }
     status
+}
+
+/// Whether a request to `/echo` asks for the tester page rather than a WebSocket: no
+/// `Upgrade` header, and an `Accept` that names `text/html` (with a non-zero quality), as a
+/// browser's address bar sends. Anything else keeps the 426 of a non-upgrade.
+pub fn wants_echo_page(req: &Request<'_, '_>) -> bool {
+    req.header("Upgrade").is_none() && req.header_values("Accept").any(accepts_html)
+}
+
+/// Whether an `Accept` value lists `text/html` without `q=0`.
+fn accepts_html(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let html = parts
+            .next()
+            .is_some_and(|t| t.eq_ignore_ascii_case("text/html"));
+        let refused = parts.any(|p| {
+            p.strip_prefix("q=")
+                .is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0))
+        });
+        html && !refused
+    })
 }
 
 /// The `prefix` of the index page's query (`/?prefix=chat%2F`), `%2F` decoded; "" when none.
@@ -169,6 +216,32 @@ mod tests {
     }
 
     #[test]
+    fn echo_page_only_for_html_without_upgrade() {
+        let table = [
+            (
+                "Accept: text/html,application/xhtml+xml,*/*;q=0.8\r\n",
+                true,
+            ),
+            ("Accept: TEXT/HTML; charset=utf-8\r\n", true),
+            ("Accept: application/json\r\nAccept: text/html\r\n", true),
+            ("Accept: text/html;q=0\r\n", false),
+            ("Accept: */*\r\n", false),
+            ("Accept: text/htmlx\r\n", false),
+            ("", false),
+            ("Accept: text/html\r\nUpgrade: websocket\r\n", false),
+            ("Accept: text/html\r\nUpgrade: h2c\r\n", false),
+        ];
+        for (headers, want) in table {
+            let head = format!("GET /echo HTTP/1.1\r\nHost: h\r\n{headers}\r\n");
+            let mut storage = [httparse::EMPTY_HEADER; 16];
+            let req = Request::parse(head.as_bytes(), &mut storage)
+                .unwrap()
+                .unwrap();
+            assert_eq!(wants_echo_page(&req), want, "{headers:?}");
+        }
+    }
+
+    #[test]
     fn routes() {
         let table = [
             ("/echo", Route::Echo, ""),
@@ -179,6 +252,8 @@ mod tests {
             ("/file/config", Route::FilePage, "config"),
             ("/ws/log/app", Route::Log, "app"),
             ("/publish/news/eu", Route::Publish, "news/eu"),
+            ("/ws/cmd/sed", Route::Command, "sed"),
+            ("/cmd/sed", Route::CommandPage, "sed"),
             ("/healthz", Route::Health, ""),
             ("/metrics", Route::Metrics, ""),
             ("/", Route::Index, ""),

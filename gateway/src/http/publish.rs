@@ -256,7 +256,7 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 }
 
 /// Compares secrets without an early exit that would leak how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::commands::CommandSpec;
 use crate::proto::DeflateConfig;
 use crate::topics::HistoryConfig;
 
@@ -102,6 +103,14 @@ pub struct Config {
     /// Tailed logs (`--tail NAME=PATH`): each line appended to PATH goes to topic `log/NAME`,
     /// served at `/ws/log/NAME`. Default none.
     pub tail: Vec<(String, PathBuf)>,
+    /// Commands run over WebSocket (`--command NAME=COMMAND LINE`): `/ws/cmd/NAME` starts the
+    /// command (words as [`crate::commands::split_words`] splits the line; no shell) once per
+    /// connection, for clients that present the publish token. Default none: the command
+    /// runner is off.
+    pub commands: Vec<CommandSpec>,
+    /// Command processes running at once, across workers (counted until each is reaped); past
+    /// it `/ws/cmd/..` answers 503. Default 16.
+    pub max_commands: usize,
 }
 
 impl Default for Config {
@@ -135,6 +144,8 @@ impl Default for Config {
             jwt_leeway: Duration::ZERO,
             watch: Vec::new(),
             tail: Vec::new(),
+            commands: Vec::new(),
+            max_commands: 16,
         }
     }
 }

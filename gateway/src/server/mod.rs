@@ -9,7 +9,8 @@
 //! [`ServerHandle::reload_tokens`]).
 //!
 //! The feeds configured with `--watch` and `--tail` ([`crate::feeds`]) run on threads of their
-//! own, started here and stopped with the workers.
+//! own, started here and stopped with the workers. Command processes (`--command`) belong to
+//! the worker whose connection started them.
 
 pub mod config;
 mod conn;
@@ -52,6 +53,8 @@ pub(crate) struct Shared {
     /// Open connections per client address (only with `--max-conns-per-ip`).
     pub per_ip: PerIp,
     pub open_conns: AtomicUsize,
+    /// Command processes running (spawned and not yet reaped), against `--max-commands`.
+    pub running_commands: AtomicUsize,
     pub stats: Stats,
     /// Shared with the feed threads, which publish to it.
     pub hub: Arc<Hub>,
@@ -85,10 +88,18 @@ impl Server {
     /// Binds the listeners and starts the workers and the feeds. Errors (address in use, bad
     /// address, a bad feed name) are returned before any thread starts. A watched or tailed
     /// file that is missing is not an error: it is reported, and followed once it appears.
+    /// With commands configured, the descriptors this process inherited are marked
+    /// close-on-exec ([`crate::sys::cloexec_inherited`]), so no command inherits them.
     pub fn start(config: Config) -> io::Result<ServerHandle> {
         feeds::check_names(&config.watch, &config.tail)?;
         let tokens = Verifier::from_config(&config)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        crate::commands::check_commands(&config.commands)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if !config.commands.is_empty() {
+            // Commands get their three pipes and nothing else of this process.
+            crate::sys::cloexec_inherited()?;
+        }
         let workers = config.workers.max(1);
         let listeners = bind_listeners(&config, workers)?;
         let local_addr = listeners[0].local_addr()?;
@@ -109,6 +120,7 @@ impl Server {
             per_ip: PerIp::default(),
             open_conns: AtomicUsize::new(0),
             tokens: RwLock::new(tokens.map(Arc::new)),
+            running_commands: AtomicUsize::new(0),
         });
         let mut mailboxes = Vec::new();
         let mut built = Vec::new();

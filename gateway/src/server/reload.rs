@@ -102,6 +102,8 @@ fn merge(old: &Config, new: &Config) -> (Config, Reloaded) {
         trust_loopback,
         watch,
         tail,
+        commands,
+        max_commands,
     } = new;
     macro_rules! live {
         ($($field:ident => $flag:literal),* $(,)?) => {$(
@@ -137,6 +139,7 @@ fn merge(old: &Config, new: &Config) -> (Config, Reloaded) {
         max_topics => "max-topics",
         max_backlog => "max-backlog",
         flush_interval => "flush-interval",
+        max_commands => "max-commands",
     }
     restart! {
         listen => "listen",
@@ -149,6 +152,7 @@ fn merge(old: &Config, new: &Config) -> (Config, Reloaded) {
         trust_loopback => "trust-loopback",
         watch => "watch",
         tail => "tail",
+        commands => "command",
     }
     (merged, report)
 }

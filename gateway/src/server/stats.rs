@@ -72,6 +72,11 @@ counters! {
     token_refused_claims_total: "tokens refused 401: a claim missing or of the wrong type, or nbf ahead",
     token_refused_forbidden_total: "requests a valid token does not cover (403 at the upgrade or publish, a /ws error, chat close 1008)",
     token_expired_closes_total: "open WebSockets closed with 3000 when their token expired",
+    commands_started_total: "command processes started (/ws/cmd/..)",
+    commands_refused_busy_total: "command sockets refused with 503 because --max-commands processes were running",
+    commands_failed_total: "command sockets closed with 1011 because the process could not start",
+    commands_killed_total: "command processes sent SIGKILL after ignoring stdin's end and SIGINT",
+    commands_binary_refused_total: "command sockets closed with 1003 for a binary message",
 }
 
 impl WorkerStats {

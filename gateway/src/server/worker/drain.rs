@@ -1,8 +1,8 @@
 //! The graceful drain (SIGTERM, SIGINT, `ServerHandle::drain`): the worker closes its listener
 //! (new connections are refused), sends close 1001 to each open WebSocket at a random moment
 //! within `--drain` (so clients do not reconnect in one wave), lets close handshakes and queued
-//! output finish, and stops once no connection is left, or at the latest `--close-grace` after
-//! the window.
+//! output finish, and stops once no connection (and no command process) is left, or at the
+//! latest `--close-grace` after the window.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -74,7 +74,8 @@ impl Worker {
                 self.reap(id.slot());
             }
         }
-        if self.conns.is_empty() {
+        // Command processes of closed sockets finish their stop sequence (two seconds at most).
+        if self.conns.is_empty() && self.procs.is_empty() {
             return true;
         }
         if now >= hard_stop {
@@ -83,6 +84,7 @@ impl Worker {
                 self.kill(key);
                 self.reap(key);
             }
+            self.kill_all_commands();
             return true;
         }
         false

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::{Worker, feeds};
 use crate::auth::{Refusal as TokenRefusal, unix_now};
+use crate::http::command::Denied;
 use crate::http::origin::OriginPolicy;
 use crate::http::publish::{PublishCheck, PublishPolicy, check_publish};
 use crate::http::response::{JSON, Response, TEXT, status_text, write_refusal};
@@ -59,6 +60,11 @@ impl Worker {
             return input.len();
         }
         let (route, param) = routes::route(req.path());
+        let head_or_get = req.method == "GET" || req.method == "HEAD";
+        if route == Route::Echo && head_or_get && routes::wants_echo_page(&req) {
+            self.answer_plain(key, &req, Route::EchoPage, param);
+            return input.len();
+        }
         if route == Route::Publish {
             return self.publish_request(key, &req, param, input);
         }
@@ -84,6 +90,10 @@ impl Worker {
                 self.refuse_token(key, r);
                 input.len()
             }
+            Err(Refusal::Denied(denied)) => {
+                self.respond_denied(key, denied);
+                input.len()
+            }
         }
     }
 
@@ -105,6 +115,12 @@ impl Worker {
         {
             return Err(Refusal::Status(404));
         }
+        // A command socket is authorized by the publish token or a token naming the command.
+        let command_auth = if route == Route::Command {
+            Some(self.check_command(req, param)?)
+        } else {
+            None
+        };
         let cfg = &self.config;
         let origins = OriginPolicy {
             allowed: &cfg.allowed_origins,
@@ -124,9 +140,15 @@ impl Worker {
             Route::Log => Some(format!("log/{param}")),
             _ => None,
         };
-        let authorized = self
-            .check_upgrade_token(req, topic.as_deref())
-            .map_err(Refusal::Token)?;
+        let authorized = match command_auth {
+            Some(authorized) => authorized,
+            None => self
+                .check_upgrade_token(req, topic.as_deref())
+                .map_err(Refusal::Token)?,
+        };
+        if route == Route::Command {
+            self.reserve_command()?;
+        }
         // The room's topic is created only for an accepted upgrade, so refused requests
         // create nothing.
         let room = match route {
@@ -150,6 +172,7 @@ impl Worker {
         match route {
             Route::Chat => self.subscribe_chat(key, room.expect("chat rooms have a topic")),
             Route::File | Route::Log => self.subscribe_feed(key, route, param, req.query()),
+            Route::Command => self.start_command(key, param),
             _ => {}
         }
         Ok(())
@@ -184,6 +207,11 @@ impl Worker {
                     bytes as u64,
                 ),
                 (
+                    "commands_running",
+                    "command processes running (spawned, not yet reaped), against --max-commands",
+                    shared.running_commands.load(Ordering::Relaxed) as u64,
+                ),
+                (
                     "history_bytes",
                     "payload bytes held in the history of all stream topics (--history-memory)",
                     shared.hub.history_bytes() as u64,
@@ -198,6 +226,7 @@ impl Worker {
             metrics: &metrics,
             topics: &topics,
             file: &file,
+            commands: &shared.config.commands,
         };
         let status = routes::respond(req, route, param, &ctx, &mut out);
         self.send_answer(key, status, &out, After::Close);
@@ -234,6 +263,18 @@ impl Worker {
             &Response::new(status, TEXT, body.as_bytes()),
             After::Close,
         );
+    }
+
+    /// A refused command socket: its status and why, as text.
+    fn respond_denied(&mut self, key: usize, denied: Denied) {
+        let body = format!("{}\n", denied.reason);
+        let headers: &[(&str, &str)] = match denied.status {
+            401 => &[("WWW-Authenticate", "Bearer")],
+            503 => &[("Retry-After", "1")],
+            _ => &[],
+        };
+        let response = Response::new(denied.status, TEXT, body.as_bytes()).headers(headers);
+        self.respond(key, &response, After::Close);
     }
 
     /// A JSON answer (the publish API).
@@ -383,13 +424,16 @@ impl Worker {
 }
 
 /// Why an upgrade was not accepted.
-enum Refusal {
-    /// Answered with a bare status (404 for an unknown room or feed, 503 at the topic limit).
+pub(super) enum Refusal {
+    /// Answered with a bare status (404 for an unknown room, feed or command, 503 at the topic
+    /// limit).
     Status(u16),
     /// The handshake itself was refused.
     Handshake(HandshakeError),
     /// The token was missing, invalid, or does not cover the socket's topic (401 or 403).
     Token(TokenRefusal),
+    /// A command socket refused (401, 403, 503), with the reason as the body.
+    Denied(Denied),
 }
 
 /// Answers a connection (503) without giving it a slot: the answer (which fits a fresh

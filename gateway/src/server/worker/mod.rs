@@ -12,6 +12,7 @@
 //! - [`delivery`]: topics: subscribing (one routine for every endpoint), delivering published
 //!   frames, slow consumers, chat.
 //! - [`feeds`]: the `/ws/file/..` and `/ws/log/..` sockets.
+//! - [`commands`]: the `/ws/cmd/..` sockets: a process per connection, its pipes in the `Poll`.
 //! - [`timers`]: deadlines: handshake, keep-alive, close grace.
 //! - [`drain`]: the graceful drain: no more accepts, closes spread over `--drain`.
 //!
@@ -36,6 +37,7 @@ use slab::Slab;
 
 mod accept;
 mod auth;
+mod commands;
 mod delivery;
 mod drain;
 mod feeds;
@@ -163,6 +165,8 @@ pub(crate) struct Worker {
     accepted_at: SideTable<Instant>,
     /// and what a connection admitted with a token may do, until when (tokens on only).
     auth: SideTable<auth::Authorized>,
+    /// Command processes (`/ws/cmd/..`), with their own side table by slot.
+    procs: commands::Procs,
     /// This worker's subscriptions.
     local: LocalTopics,
     due_subs: Vec<Sub>,
@@ -228,6 +232,7 @@ impl Worker {
             peer_ips: SideTable::default(),
             accepted_at: SideTable::default(),
             auth: SideTable::default(),
+            procs: commands::Procs::default(),
             local: LocalTopics::default(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),
@@ -269,10 +274,17 @@ impl Worker {
                     .map(|at| at.saturating_duration_since(Instant::now()))
                     // Paused publishers wait on other workers' backlogs: look again soon.
                     .or((!self.hub_paused.is_empty()).then_some(PAUSED_RECHECK));
-                [timer, flush, self.drain_timeout(), self.accept.retry_in()]
-                    .into_iter()
-                    .flatten()
-                    .min()
+                let procs = self.commands_timeout();
+                [
+                    timer,
+                    flush,
+                    self.drain_timeout(),
+                    self.accept.retry_in(),
+                    procs,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
             } else {
                 Some(Duration::ZERO)
             };
@@ -296,6 +308,7 @@ impl Worker {
                 match ev.token() {
                     LISTENER => self.accept(true),
                     WAKER => {}
+                    t if commands::is_process_token(t) => self.process_event(t),
                     t => {
                         let closed = ev.is_read_closed() || ev.is_error();
                         let readable = ev.is_readable() || closed;
@@ -315,7 +328,9 @@ impl Worker {
                     self.reap(id.slot());
                 }
             }
+            self.run_ready_commands();
             self.expire_timers();
+            self.run_command_timers();
             if self.drain.is_some() && self.drain_step() {
                 return;
             }
@@ -406,5 +421,6 @@ impl Worker {
             self.kill(key);
             self.reap(key);
         }
+        self.kill_all_commands();
     }
 }

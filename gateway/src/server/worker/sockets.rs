@@ -47,6 +47,10 @@ impl Worker {
             if conn.dead || conn.peer_closed || conn.hub_paused {
                 return;
             }
+            // A command that has not taken its input yet: the rest waits in the socket.
+            if self.procs.input_blocked(key) {
+                return;
+            }
             if conn.queued() > self.config.max_queued {
                 conn.paused = true;
                 return;
@@ -259,6 +263,7 @@ impl Worker {
         if conn.paused && conn.queued() <= self.config.max_queued {
             conn.paused = false;
             self.read_ready(key, false);
+            self.resume_command_output(key);
         }
     }
 }

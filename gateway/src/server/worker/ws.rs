@@ -1,5 +1,5 @@
 //! An open WebSocket: the worker drives the connection's [`Session`] with the socket's bytes
-//! and sends what it owes; messages go to the endpoint (echo, chat, `/ws`). The close handshake,
+//! and sends what it owes; messages go to the endpoint (echo, chat, `/ws`, a command). The close handshake,
 //! owed pongs and protocol failures are the session's; this file only moves their bytes and
 //! ends the connection when the session says so.
 
@@ -100,6 +100,7 @@ impl Worker {
             Route::Echo => self.send_data(key, kind, payload),
             Route::Chat => self.chat_message(key, kind, payload),
             Route::Multiplex => self.multiplex_message(key, kind, payload),
+            Route::Command => self.command_message(key, kind, payload),
             // Only WebSocket routes reach the open phase.
             _ => {}
         }
@@ -167,6 +168,9 @@ impl Worker {
     /// Releases what an open WebSocket held: a message in progress and its subscriptions.
     pub(super) fn end_ws(&mut self, id: ConnId, ws: Ws) {
         WorkerStats::add(&self.stats().ws_closed_total, 1);
+        if ws.route == Route::Command {
+            self.command_detached(id);
+        }
         if let Some(buf) = self.partial_msgs.remove(&id.slot()) {
             self.pool.put(buf);
         }
