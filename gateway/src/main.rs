@@ -14,6 +14,7 @@ use clap::Parser;
 use gateway::cli::parse_duration;
 use gateway::proto::DeflateConfig;
 use gateway::server::config::format_duration;
+use gateway::server::tls::TlsFiles;
 use gateway::server::{Config, Server};
 use gateway::topics::HistoryConfig;
 
@@ -113,6 +114,13 @@ struct Args {
     /// `/ws/log/NAME?last=N`. Truncation and rotation are followed.
     #[arg(long, value_name = "NAME=PATH", value_parser = parse_feed)]
     tail: Vec<(String, PathBuf)>,
+    /// Serve TLS only (https://, wss://) with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. Reread on reload. [default: none, plain TCP]
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1); needs --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Parses `NAME=PATH` for `--watch` and `--tail`: NAME is one topic segment.
@@ -169,6 +177,10 @@ impl Args {
             flush_interval: self.flush_interval.0,
             watch: self.watch,
             tail: self.tail,
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                _ => defaults.tls,
+            },
             ..defaults
         }
     }
@@ -294,6 +306,7 @@ mod tests {
             trust_loopback,
             watch,
             tail,
+            tls,
         } = got;
         assert_eq!(*listen, want.listen, "listen");
         assert_eq!(*workers, want.workers, "workers");
@@ -337,6 +350,7 @@ mod tests {
         assert_eq!(*trust_loopback, want.trust_loopback, "trust_loopback");
         assert_eq!(*watch, want.watch, "watch");
         assert_eq!(*tail, want.tail, "tail");
+        assert_eq!(*tls, want.tls, "tls");
     }
 
     #[test]
@@ -439,6 +453,41 @@ mod tests {
             assert!(e.contains(bad.split('=').next().unwrap()), "{bad}: {e}");
             assert!(Args::try_parse_from(["gateway", "--watch", bad]).is_err());
             assert!(Args::try_parse_from(["gateway", "--tail", bad]).is_err());
+        }
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs() {
+        let config = parse(&[
+            "--tls-cert",
+            "/etc/gw/cert.pem",
+            "--tls-key",
+            "/etc/gw/key.pem",
+        ])
+        .unwrap()
+        .into_config(Config::default());
+        let files = TlsFiles {
+            cert: "/etc/gw/cert.pem".into(),
+            key: "/etc/gw/key.pem".into(),
+        };
+        assert_same(
+            &config,
+            &Config {
+                tls: Some(files),
+                ..Config::default()
+            },
+        );
+        for alone in [["--tls-cert", "c.pem"], ["--tls-key", "k.pem"]] {
+            let e = parse(&alone).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+            // clap exits 2 for usage errors.
+            assert_eq!(e.exit_code(), 2);
+            let other = if alone[0] == "--tls-cert" {
+                "--tls-key"
+            } else {
+                "--tls-cert"
+            };
+            assert!(e.to_string().contains(other), "{e}");
         }
     }
 }

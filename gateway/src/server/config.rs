@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::tls::TlsFiles;
 use crate::proto::DeflateConfig;
 use crate::topics::HistoryConfig;
 
@@ -89,6 +90,11 @@ pub struct Config {
     /// Tailed logs (`--tail NAME=PATH`): each line appended to PATH goes to topic `log/NAME`,
     /// served at `/ws/log/NAME`. Default none.
     pub tail: Vec<(String, PathBuf)>,
+    /// TLS (`--tls-cert PATH --tls-key PATH`, PEM): with it the listener speaks only TLS
+    /// (`https://`, `wss://`), ALPN `http/1.1`, the TLS handshake within
+    /// `handshake_timeout`; the files are reread by [`crate::server::ServerHandle::reload_tls`].
+    /// Default none: plain TCP.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Config {
@@ -119,6 +125,7 @@ impl Default for Config {
             trust_loopback: true,
             watch: Vec::new(),
             tail: Vec::new(),
+            tls: None,
         }
     }
 }

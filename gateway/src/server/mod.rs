@@ -17,6 +17,7 @@ mod outbox;
 mod pool;
 pub mod stats;
 pub mod timer;
+pub mod tls;
 mod worker;
 
 use std::io;
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// Shared with the feed threads, which publish to it.
     pub hub: Arc<Hub>,
+    /// With `--tls-cert` and `--tls-key`: every connection speaks TLS.
+    pub tls: Option<tls::Tls>,
 }
 
 /// The server starter; see [`Server::start`].
@@ -58,6 +61,10 @@ impl Server {
     /// file that is missing is not an error: it is reported, and followed once it appears.
     pub fn start(config: Config) -> io::Result<ServerHandle> {
         feeds::check_names(&config.watch, &config.tail)?;
+        let tls = match &config.tls {
+            Some(files) => Some(tls::Tls::new(files).map_err(io::Error::other)?),
+            None => None,
+        };
         let workers = config.workers.max(1);
         let listeners = bind_listeners(&config, workers)?;
         let local_addr = listeners[0].local_addr()?;
@@ -76,6 +83,7 @@ impl Server {
             draining: AtomicBool::new(false),
             per_ip: PerIp::default(),
             open_conns: AtomicUsize::new(0),
+            tls,
         });
         let mut mailboxes = Vec::new();
         let mut built = Vec::new();
@@ -175,6 +183,17 @@ impl ServerHandle {
     /// Connections open right now (WebSocket and HTTP).
     pub fn open_connections(&self) -> usize {
         self.shared.open_conns.load(Ordering::Relaxed)
+    }
+
+    /// Rereads the `--tls-cert` and `--tls-key` files and serves them to new handshakes
+    /// (connections already open keep theirs): what SIGHUP does. On an error (a missing or
+    /// invalid file, a key that is not the certificate's) the certificate served so far stays
+    /// and the error names the file. Without TLS there is nothing to reload: `Ok`.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.shared.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Asks every worker to stop: open WebSockets are sent close 1001 and all sockets are

@@ -61,6 +61,8 @@ counters! {
     pong_timeouts_total: "connections dropped at the pong timeout",
     close_grace_timeouts_total: "closing connections dropped at the close grace timeout",
     pings_sent_total: "keep-alive pings sent",
+    tls_handshakes_total: "TLS handshakes completed",
+    tls_handshakes_failed_total: "TLS connections closed before their handshake completed (a plain-text request, a bad or unacceptable ClientHello, the handshake timeout, the peer leaving)",
 }
 
 impl WorkerStats {

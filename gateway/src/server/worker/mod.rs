@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::mem;
-use std::net::{Shutdown, TcpListener as StdListener};
+use std::net::TcpListener as StdListener;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -41,6 +41,7 @@ mod http;
 mod multiplex;
 mod sockets;
 mod timers;
+mod tls;
 mod ws;
 
 use super::conn::{Conn, Phase};
@@ -48,6 +49,7 @@ use super::outbox::Outbox;
 use super::pool::BufPool;
 use super::stats::WorkerStats;
 use super::timer::{Entry, TimerWheel};
+use super::tls::TlsConn;
 use super::{ConnId, Generations, Shared};
 use crate::proto::{Compressor, Timeouts};
 use crate::topics::TopicId;
@@ -153,8 +155,10 @@ pub(crate) struct Worker {
     more_topics: SideTable<Vec<TopicId>>,
     /// each connection's address, while `--max-conns-per-ip` is on,
     peer_ips: SideTable<std::net::IpAddr>,
-    /// and when a connection still in its request head was accepted.
+    /// when a connection still in its request head was accepted,
     accepted_at: SideTable<Instant>,
+    /// and each connection's TLS state, with `--tls-cert` (boxed: a few KiB each).
+    tls: SideTable<Box<TlsConn>>,
     /// This worker's subscriptions.
     local: LocalTopics,
     due_subs: Vec<Sub>,
@@ -219,6 +223,7 @@ impl Worker {
             more_topics: SideTable::default(),
             peer_ips: SideTable::default(),
             accepted_at: SideTable::default(),
+            tls: SideTable::default(),
             local: LocalTopics::default(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),
@@ -345,6 +350,7 @@ impl Worker {
         if let Some(out) = conn.out {
             out.recycle(&mut self.pool);
         }
+        self.tls_reap(key);
         self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
         // Dropping the stream closes the socket, which also removes it from the epoll set.
     }
@@ -358,12 +364,8 @@ impl Worker {
         if let Phase::Open(ws) = mem::replace(&mut conn.phase, Phase::Linger) {
             self.end_ws(id, ws);
         }
-        let conn = &mut self.conns[key];
-        conn.since = self.now;
-        if conn.queued() == 0 && !conn.write_shut {
-            conn.write_shut = true;
-            let _ = conn.stream.shutdown(Shutdown::Write);
-        }
+        self.conns[key].since = self.now;
+        self.shut_write_when_drained(key);
         self.arm_timer(key);
     }
 

@@ -1,0 +1,122 @@
+//! A worker's TLS connections: their rustls state in a side table keyed by slot (boxed, so the
+//! table's entries stay small), and the socket operations that go through it when a
+//! connection has one. Without `--tls-cert` the table stays empty and every operation here is
+//! the plain socket call after one failed lookup in an empty table.
+//!
+//! Every TLS connection is counted once: in `tls_handshakes_total` when its handshake
+//! completes, or in `tls_handshakes_failed_total` when it is reaped before that.
+
+use std::io::{self, Read};
+use std::net::Shutdown;
+
+use super::Worker;
+use super::sockets::write_parts;
+use crate::server::stats::WorkerStats;
+use crate::server::tls::TlsStream;
+
+impl Worker {
+    /// Gives a new connection its TLS state when the server speaks TLS.
+    pub(super) fn tls_accept(&mut self, key: usize) {
+        if let Some(tls) = self.shared.tls.as_ref().and_then(|t| t.accept()) {
+            self.tls.insert(key, tls);
+        }
+    }
+
+    /// Reads the connection's input (plaintext) into the read buffer, as a socket read.
+    pub(super) fn read_socket(&mut self, key: usize) -> io::Result<usize> {
+        let conn = &mut self.conns[key];
+        let Some(t) = self.tls.get_mut(&key) else {
+            return conn.stream.read(&mut self.read_buf);
+        };
+        let read = TlsStream {
+            tls: &mut t.conn,
+            sock: &mut conn.stream,
+        }
+        .read_plain(&mut self.read_buf);
+        if !t.handshaken && !t.conn.is_handshaking() {
+            t.handshaken = true;
+            WorkerStats::add(&self.shared.stats.worker(self.id).tls_handshakes_total, 1);
+        }
+        read
+    }
+
+    /// Writes `parts` to the connection (encrypted when it has TLS state); see
+    /// [`write_parts`].
+    pub(super) fn write_socket(&mut self, key: usize, parts: &[&[u8]]) -> Option<usize> {
+        let conn = &mut self.conns[key];
+        match self.tls.get_mut(&key) {
+            None => write_parts(&mut conn.stream, parts),
+            Some(t) => write_parts(
+                &mut TlsStream {
+                    tls: &mut t.conn,
+                    sock: &mut conn.stream,
+                },
+                parts,
+            ),
+        }
+    }
+
+    /// Writes the ciphertext rustls holds for the connection: true when nothing is left
+    /// (always, without TLS). A failed write kills the connection.
+    pub(super) fn flush_tls(&mut self, key: usize) -> bool {
+        let Some(t) = self.tls.get_mut(&key) else {
+            return true;
+        };
+        let conn = &mut self.conns[key];
+        match (TlsStream {
+            tls: &mut t.conn,
+            sock: &mut conn.stream,
+        })
+        .flush_tls()
+        {
+            Ok(done) => done,
+            Err(_) => {
+                self.kill(key);
+                false
+            }
+        }
+    }
+
+    /// Nothing is left to write: the outbox is empty and rustls holds no ciphertext.
+    pub(super) fn drained(&self, key: usize) -> bool {
+        self.conns[key].queued() == 0 && self.tls.get(&key).is_none_or(|t| !t.conn.wants_write())
+    }
+
+    /// Shuts the write side once everything queued has gone out; over TLS a close_notify goes
+    /// first. Called when a connection lingers and whenever its output drains after that.
+    pub(super) fn shut_write_when_drained(&mut self, key: usize) {
+        let conn = &self.conns[key];
+        if conn.write_shut || conn.dead || conn.queued() > 0 {
+            return;
+        }
+        if let Some(t) = self.tls.get_mut(&key) {
+            // Idempotent: rustls sends it once.
+            t.conn.send_close_notify();
+            if !self.flush_tls(key) {
+                return;
+            }
+        }
+        let conn = &mut self.conns[key];
+        conn.write_shut = true;
+        let _ = conn.stream.shutdown(Shutdown::Write);
+    }
+
+    /// The connection is being reaped: drops its TLS state, counting a handshake that never
+    /// completed as failed.
+    pub(super) fn tls_reap(&mut self, key: usize) {
+        if let Some(t) = self.tls.remove(&key) {
+            if !t.handshaken {
+                WorkerStats::add(&self.stats().tls_handshakes_failed_total, 1);
+            }
+            super::shrink_side(&mut self.tls);
+        }
+    }
+
+    /// Refuses a connection that gets no slot: a plain connection is answered `response`; a
+    /// TLS one, which cannot be answered before a handshake, is just closed.
+    pub(super) fn refuse_without_slot(&self, stream: &mio::net::TcpStream, response: &[u8]) {
+        if self.shared.tls.is_none() {
+            super::http::refuse_without_slot(stream, response);
+        }
+    }
+}
