@@ -24,12 +24,13 @@ use mio::net::TcpStream;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerConnection};
 use rustls::sign::CertifiedKey;
+use rustls::{ConnectionCommon, SideData};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Plaintext handed to rustls at once: one TLS record's worth. Also the bound on the
-/// ciphertext it holds for a connection.
-const CHUNK: usize = 16 * 1024;
+/// ciphertext it holds for a connection (set with `set_buffer_limit`).
+pub const CHUNK: usize = 16 * 1024;
 
 /// The PEM files of `--tls-cert` and `--tls-key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,14 +153,23 @@ pub(crate) struct TlsConn {
     pub handshaken: bool,
 }
 
-/// A connection's socket through its TLS state: reads give plaintext, writes take plaintext.
-#[derive(Debug)]
-pub(crate) struct TlsStream<'a> {
-    pub tls: &'a mut ServerConnection,
+/// A connection's socket through its TLS state: reads give plaintext, writes take plaintext,
+/// with the edge-triggered semantics of the socket itself. Either side: the gateway's
+/// connections and loadgen's `wss://` clients both use it.
+pub struct TlsStream<'a, D> {
+    pub tls: &'a mut ConnectionCommon<D>,
     pub sock: &'a mut TcpStream,
 }
 
-impl TlsStream<'_> {
+impl<D> fmt::Debug for TlsStream<'_, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("sock", &self.sock)
+            .finish()
+    }
+}
+
+impl<D: SideData> TlsStream<'_, D> {
     /// Writes the ciphertext rustls holds (handshake messages, records, alerts): `Ok(true)`
     /// when all of it went out, `Ok(false)` when the socket would block first.
     pub fn flush_tls(&mut self) -> io::Result<bool> {
@@ -215,13 +225,13 @@ impl TlsStream<'_> {
     }
 }
 
-impl Read for TlsStream<'_> {
+impl<D: SideData> Read for TlsStream<'_, D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.read_plain(buf)
     }
 }
 
-impl Write for TlsStream<'_> {
+impl<D: SideData> Write for TlsStream<'_, D> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_vectored(&[IoSlice::new(buf)])
     }

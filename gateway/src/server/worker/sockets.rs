@@ -244,7 +244,7 @@ impl Worker {
                 None => out.write_to(&mut conn.stream, &mut self.pool),
                 Some(t) => out.write_to(
                     &mut TlsStream {
-                        tls: &mut t.conn,
+                        tls: &mut *t.conn,
                         sock: &mut conn.stream,
                     },
                     &mut self.pool,

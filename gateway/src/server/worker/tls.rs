@@ -29,7 +29,7 @@ impl Worker {
             return conn.stream.read(&mut self.read_buf);
         };
         let read = TlsStream {
-            tls: &mut t.conn,
+            tls: &mut *t.conn,
             sock: &mut conn.stream,
         }
         .read_plain(&mut self.read_buf);
@@ -48,7 +48,7 @@ impl Worker {
             None => write_parts(&mut conn.stream, parts),
             Some(t) => write_parts(
                 &mut TlsStream {
-                    tls: &mut t.conn,
+                    tls: &mut *t.conn,
                     sock: &mut conn.stream,
                 },
                 parts,
@@ -64,7 +64,7 @@ impl Worker {
         };
         let conn = &mut self.conns[key];
         match (TlsStream {
-            tls: &mut t.conn,
+            tls: &mut *t.conn,
             sock: &mut conn.stream,
         })
         .flush_tls()
