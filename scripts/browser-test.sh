@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Browser-level test: the chat page (and the file page, when the gateway has --watch) driven in
-# headless Chromium over WebDriver (scripts/browser/e2e.py, standard-library Python only).
+# headless Chromium over WebDriver (scripts/browser/e2e.py, standard-library Python only), over
+# plain HTTP, then over TLS with a self-signed certificate (when openssl is there).
 # Installs Debian's chromium and chromium-driver when missing, if running as root with apt-get;
 # otherwise says what to install. (--install is accepted for compatibility.)
 #   scripts/browser-test.sh [--install] [--gateway PATH]
@@ -56,3 +57,28 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 python3 scripts/browser/e2e.py --base "http://127.0.0.1:$port" "${file_arg[@]}" --shots target/browser
+
+# The same pages over TLS (https://, the sockets on wss://), with a self-signed test certificate
+# made by openssl; skipped, with a note, where openssl or the gateway's TLS flags are missing.
+if ! "$gateway" --help | grep -q -- '--tls-cert'; then
+  echo "browser: TLS run skipped (this gateway has no --tls-cert)"
+  exit 0
+fi
+if ! command -v openssl >/dev/null; then
+  echo "browser: TLS run skipped (needs openssl to make a test certificate)"
+  exit 0
+fi
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -addext basicConstraints=critical,CA:FALSE \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>"$work/openssl.log"
+kill $gw_pid 2>/dev/null || true
+wait $gw_pid 2>/dev/null || true
+"$gateway" "${args[@]}" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" >"$work/gateway-tls.log" 2>&1 &
+gw_pid=$!
+for _ in $(seq 100); do
+  if grep -q 'listening on' "$work/gateway-tls.log" 2>/dev/null; then break; fi
+  sleep 0.1
+done
+python3 scripts/browser/e2e.py --base "https://127.0.0.1:$port" --insecure "${file_arg[@]}" \
+  --shots target/browser/tls
