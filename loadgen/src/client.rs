@@ -24,7 +24,6 @@ use gateway::proto::handshake::{
     ClientHandshakeError, client_key, parse_client_response, write_client_request,
 };
 use gateway::proto::{ClientSession, CloseCode, Event, MessageKind, Rng, SessionState, Tick};
-use gateway::server::tls::TlsStream;
 use mio::net::TcpStream;
 use rustls::ClientConfig;
 use rustls::ClientConnection;
@@ -32,7 +31,7 @@ use rustls_pki_types::ServerName;
 
 use crate::clock::now_ns;
 use crate::sockets::{connect_cause, is_connected, open_socket};
-use crate::tls;
+use crate::tls::{self, TlsStream};
 use crate::url::Endpoint;
 
 /// The one read buffer of a thread.
@@ -224,7 +223,7 @@ impl Client {
             let mut conn = ClientConnection::new(config.clone(), name.clone())
                 .map_err(|e| fail(format!("tls: {e}")))?;
             // rustls takes plaintext only once its records went out, one chunk at a time.
-            conn.set_buffer_limit(Some(gateway::server::tls::CHUNK));
+            conn.set_buffer_limit(Some(tls::CHUNK));
             self.tls = Some(Box::new(conn));
         }
         let key = client_key(io.rng.key());
@@ -471,7 +470,7 @@ impl Client {
         match &mut self.tls {
             None => self.stream.read(buf),
             Some(t) => TlsStream {
-                tls: &mut ***t,
+                tls: t,
                 sock: &mut self.stream,
             }
             .read_plain(buf),
@@ -482,7 +481,7 @@ impl Client {
     fn flush(&mut self) -> Result<(), End> {
         if let Some(t) = &mut self.tls {
             let flushed = TlsStream {
-                tls: &mut ***t,
+                tls: t,
                 sock: &mut self.stream,
             }
             .flush_tls();
@@ -553,7 +552,7 @@ fn write_socket(
     match tls {
         None => stream.write(buf),
         Some(t) => TlsStream {
-            tls: &mut ***t,
+            tls: t,
             sock: stream,
         }
         .write(buf),

@@ -1,13 +1,19 @@
 //! `wss://` targets: what loadgen trusts ([`Trust`]: a CA from `--ca`, or anything with
-//! `--insecure`) and the rustls client configuration built from it. The bytes go through
-//! `gateway::server::tls::TlsStream`, the gateway's own adapter, in `client`.
+//! `--insecure`), the rustls client configuration built from it, and [`TlsStream`], a client
+//! socket seen through its rustls connection, which `client` reads and writes.
 
+use std::fmt;
+use std::io::{self, IoSlice, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use mio::net::TcpStream;
+
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::{Deserialize, Serialize};
@@ -46,6 +52,9 @@ impl Trust {
         Ok(trust)
     }
 }
+
+/// Plaintext handed to rustls at once (its buffer limit): one record's worth.
+pub const CHUNK: usize = 16 * 1024;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -129,5 +138,103 @@ impl ServerCertVerifier for AnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client socket through its rustls connection (rustls's buffered API): reads give plaintext,
+/// writes take plaintext, with the edge-triggered semantics of the socket itself.
+pub struct TlsStream<'a> {
+    pub tls: &'a mut ClientConnection,
+    pub sock: &'a mut TcpStream,
+}
+
+impl fmt::Debug for TlsStream<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("sock", &self.sock)
+            .finish()
+    }
+}
+
+impl TlsStream<'_> {
+    /// Writes the ciphertext rustls holds (handshake messages, records, alerts): `Ok(true)`
+    /// when all of it went out, `Ok(false)` when the socket would block first.
+    pub fn flush_tls(&mut self) -> io::Result<bool> {
+        while self.tls.wants_write() {
+            match self.tls.write_tls(self.sock) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads plaintext into `buf` as a socket read would: `Ok(0)` at the end of the stream
+    /// (with or without the peer's close_notify), `WouldBlock` when there is none. Reads the
+    /// socket until it would block or `buf` is full, so a short read means the socket is empty
+    /// (the edge-triggered rule of a plain socket). A TLS error (an untrusted certificate, a
+    /// failed record) sends rustls's alert, best effort, and is `InvalidData`.
+    pub fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
+        loop {
+            match self.tls.reader().read(&mut buf[filled..]) {
+                Ok(0) => return Ok(filled),
+                Ok(n) => {
+                    filled += n;
+                    if filled == buf.len() {
+                        return Ok(filled);
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The peer closed without close_notify: browsers do; treat it as the end.
+                Err(_) => return Ok(filled),
+            }
+            match self.tls.read_tls(self.sock) {
+                Ok(0) => return Ok(filled),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => {
+                    return Ok(filled);
+                }
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = self.tls.process_new_packets() {
+                let _ = self.flush_tls();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            // Handshake messages owed go out now; what the socket does not take goes when it
+            // is writable.
+            self.flush_tls()?;
+        }
+    }
+}
+
+impl Read for TlsStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_plain(buf)
+    }
+}
+
+impl Write for TlsStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    /// Takes at most [`CHUNK`] of plaintext, and only once rustls holds no ciphertext: what is
+    /// not taken stays with the caller (the outbox), as with a socket that would block.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if !self.flush_tls()? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.tls.writer().write_vectored(bufs)?;
+        self.flush_tls()?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_tls().map(|_| ())
     }
 }

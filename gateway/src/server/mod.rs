@@ -18,6 +18,7 @@ mod pool;
 pub mod stats;
 pub mod timer;
 pub mod tls;
+mod tls_conn;
 mod worker;
 
 use std::io;

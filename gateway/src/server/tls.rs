@@ -1,36 +1,25 @@
-//! TLS with rustls: the certificate and key files, their reload, the server configuration, and
-//! [`TlsStream`], one connection's socket seen through its `rustls::ServerConnection`.
+//! TLS with rustls: the certificate and key files, their reload, and the server configuration
+//! every connection starts from. One connection's TLS state and its I/O are in
+//! [`super::tls_conn`].
 //!
-//! rustls is sans-I/O: it takes ciphertext read from the socket and hands back ciphertext to
-//! write, so the worker drives it from the same edge-triggered loop as a plain socket. What a
-//! TLS connection holds beyond a plain one lives in the worker's side table (a boxed
+//! What a TLS connection holds beyond a plain one lives in the worker's side table (a boxed
 //! [`TlsConn`]), never in `Conn`, so plain connections pay nothing for TLS.
-//!
-//! **Bounded buffering.** Plaintext is handed to rustls only once the ciphertext it already
-//! holds has gone to the socket, and at most [`CHUNK`] at a time: what the socket does not take
-//! stays queued in the connection's outbox as for a plain socket (shared frames by reference),
-//! and rustls never holds more than one chunk's records.
 //!
 //! **Reload.** The certificate is chosen per handshake by [`Certs`] (a `ResolvesServerCert`
 //! over a lock held only to clone an `Arc`); [`Tls::reload`] rereads the files and swaps them in
 //! for new handshakes; connections already open keep theirs.
 
 use std::fmt;
-use std::io::{self, IoSlice, Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use mio::net::TcpStream;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerConnection};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, UnbufferedServerConnection};
 use rustls::sign::CertifiedKey;
-use rustls::{ConnectionCommon, SideData};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Plaintext handed to rustls at once: one TLS record's worth. Also the bound on the
-/// ciphertext it holds for a connection (set with `set_buffer_limit`).
-pub const CHUNK: usize = 16 * 1024;
+use super::tls_conn::TlsConn;
 
 /// The PEM files of `--tls-cert` and `--tls-key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,12 +75,8 @@ impl Tls {
 
     /// A new connection's TLS state, boxed for the worker's side table.
     pub fn accept(&self) -> Option<Box<TlsConn>> {
-        let mut conn = ServerConnection::new(self.config.clone()).ok()?;
-        conn.set_buffer_limit(Some(CHUNK));
-        Some(Box::new(TlsConn {
-            conn,
-            handshaken: false,
-        }))
+        let conn = UnbufferedServerConnection::new(self.config.clone()).ok()?;
+        Some(Box::new(TlsConn::new(conn)))
     }
 }
 
@@ -142,112 +127,5 @@ impl ResolvesServerCert for Certs {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
         )
-    }
-}
-
-/// One connection's TLS state (in the worker's side table, boxed).
-#[derive(Debug)]
-pub(crate) struct TlsConn {
-    pub conn: ServerConnection,
-    /// The handshake completed (counted once in `tls_handshakes_total`).
-    pub handshaken: bool,
-}
-
-/// A connection's socket through its TLS state: reads give plaintext, writes take plaintext,
-/// with the edge-triggered semantics of the socket itself. Either side: the gateway's
-/// connections and loadgen's `wss://` clients both use it.
-pub struct TlsStream<'a, D> {
-    pub tls: &'a mut ConnectionCommon<D>,
-    pub sock: &'a mut TcpStream,
-}
-
-impl<D> fmt::Debug for TlsStream<'_, D> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsStream")
-            .field("sock", &self.sock)
-            .finish()
-    }
-}
-
-impl<D: SideData> TlsStream<'_, D> {
-    /// Writes the ciphertext rustls holds (handshake messages, records, alerts): `Ok(true)`
-    /// when all of it went out, `Ok(false)` when the socket would block first.
-    pub fn flush_tls(&mut self) -> io::Result<bool> {
-        while self.tls.wants_write() {
-            match self.tls.write_tls(self.sock) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
-    }
-
-    /// Reads plaintext into `buf` as a socket read would: `Ok(0)` at the end of the stream
-    /// (with or without the peer's close_notify), `WouldBlock` when there is none. Reads the
-    /// socket until it would block or `buf` is full, so a short read means the socket is empty
-    /// (the edge-triggered rule of a plain socket). A TLS error (a plain-text request, a bad
-    /// ClientHello, a failed record) sends rustls's alert, best effort, and is `InvalidData`.
-    pub fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut filled = 0;
-        loop {
-            match self.tls.reader().read(&mut buf[filled..]) {
-                Ok(0) => return Ok(filled),
-                Ok(n) => {
-                    filled += n;
-                    if filled == buf.len() {
-                        return Ok(filled);
-                    }
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // The peer closed without close_notify: browsers do; treat it as the end.
-                Err(_) => return Ok(filled),
-            }
-            match self.tls.read_tls(self.sock) {
-                Ok(0) => return Ok(filled),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => {
-                    return Ok(filled);
-                }
-                Err(e) => return Err(e),
-            }
-            if let Err(e) = self.tls.process_new_packets() {
-                let _ = self.flush_tls();
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
-            // Handshake messages owed go out now; what the socket does not take goes when it
-            // is writable.
-            self.flush_tls()?;
-        }
-    }
-}
-
-impl<D: SideData> Read for TlsStream<'_, D> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_plain(buf)
-    }
-}
-
-impl<D: SideData> Write for TlsStream<'_, D> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
-    }
-
-    /// Takes at most [`CHUNK`] of plaintext, and only once rustls holds no ciphertext: what is
-    /// not taken stays with the caller (the outbox), as with a socket that would block.
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if !self.flush_tls()? {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = self.tls.writer().write_vectored(bufs)?;
-        self.flush_tls()?;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.flush_tls().map(|_| ())
     }
 }

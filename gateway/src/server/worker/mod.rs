@@ -49,7 +49,7 @@ use super::outbox::Outbox;
 use super::pool::BufPool;
 use super::stats::WorkerStats;
 use super::timer::{Entry, TimerWheel};
-use super::tls::TlsConn;
+use super::tls_conn::{TlsConn, TlsScratch};
 use super::{ConnId, Generations, Shared};
 use crate::proto::{Compressor, Timeouts};
 use crate::topics::TopicId;
@@ -159,6 +159,8 @@ pub(crate) struct Worker {
     accepted_at: SideTable<Instant>,
     /// and each connection's TLS state, with `--tls-cert` (boxed: a few KiB each).
     tls: SideTable<Box<TlsConn>>,
+    /// The buffers TLS connections borrow while one of them is processed.
+    tls_scratch: TlsScratch,
     /// This worker's subscriptions.
     local: LocalTopics,
     due_subs: Vec<Sub>,
@@ -224,6 +226,7 @@ impl Worker {
             peer_ips: SideTable::default(),
             accepted_at: SideTable::default(),
             tls: SideTable::default(),
+            tls_scratch: TlsScratch::default(),
             local: LocalTopics::default(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use super::{POOL_MAX, Worker};
 use crate::server::conn::Phase;
 use crate::server::stats::WorkerStats;
-use crate::server::tls::TlsStream;
+use crate::server::tls_conn::TlsIo;
 use crate::topics::TopicId;
 
 /// Reads per connection per turn before it yields to the others.
@@ -243,9 +243,10 @@ impl Worker {
             let written = match self.tls.get_mut(&key) {
                 None => out.write_to(&mut conn.stream, &mut self.pool),
                 Some(t) => out.write_to(
-                    &mut TlsStream {
-                        tls: &mut *t.conn,
+                    &mut TlsIo {
+                        tls: t,
                         sock: &mut conn.stream,
+                        scratch: &mut self.tls_scratch,
                     },
                     &mut self.pool,
                 ),

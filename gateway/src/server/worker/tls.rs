@@ -12,7 +12,7 @@ use std::net::Shutdown;
 use super::Worker;
 use super::sockets::write_parts;
 use crate::server::stats::WorkerStats;
-use crate::server::tls::TlsStream;
+use crate::server::tls_conn::TlsIo;
 
 impl Worker {
     /// Gives a new connection its TLS state when the server speaks TLS.
@@ -28,13 +28,13 @@ impl Worker {
         let Some(t) = self.tls.get_mut(&key) else {
             return conn.stream.read(&mut self.read_buf);
         };
-        let read = TlsStream {
-            tls: &mut *t.conn,
+        let read = TlsIo {
+            tls: t,
             sock: &mut conn.stream,
+            scratch: &mut self.tls_scratch,
         }
-        .read_plain(&mut self.read_buf);
-        if !t.handshaken && !t.conn.is_handshaking() {
-            t.handshaken = true;
+        .read(&mut self.read_buf);
+        if t.handshaken && !mem_replace_true(&mut t.counted) {
             WorkerStats::add(&self.shared.stats.worker(self.id).tls_handshakes_total, 1);
         }
         read
@@ -47,28 +47,23 @@ impl Worker {
         match self.tls.get_mut(&key) {
             None => write_parts(&mut conn.stream, parts),
             Some(t) => write_parts(
-                &mut TlsStream {
-                    tls: &mut *t.conn,
+                &mut TlsIo {
+                    tls: t,
                     sock: &mut conn.stream,
+                    scratch: &mut self.tls_scratch,
                 },
                 parts,
             ),
         }
     }
 
-    /// Writes the ciphertext rustls holds for the connection: true when nothing is left
+    /// Writes the ciphertext waiting for the connection's socket: true when nothing is left
     /// (always, without TLS). A failed write kills the connection.
     pub(super) fn flush_tls(&mut self, key: usize) -> bool {
         let Some(t) = self.tls.get_mut(&key) else {
             return true;
         };
-        let conn = &mut self.conns[key];
-        match (TlsStream {
-            tls: &mut *t.conn,
-            sock: &mut conn.stream,
-        })
-        .flush_tls()
-        {
+        match t.flush(&mut self.conns[key].stream) {
             Ok(done) => done,
             Err(_) => {
                 self.kill(key);
@@ -77,21 +72,21 @@ impl Worker {
         }
     }
 
-    /// Nothing is left to write: the outbox is empty and rustls holds no ciphertext.
+    /// Nothing is left to write: the outbox is empty and no ciphertext waits.
     pub(super) fn drained(&self, key: usize) -> bool {
-        self.conns[key].queued() == 0 && self.tls.get(&key).is_none_or(|t| !t.conn.wants_write())
+        self.conns[key].queued() == 0 && self.tls.get(&key).is_none_or(|t| !t.wants_write())
     }
 
     /// Shuts the write side once everything queued has gone out; over TLS a close_notify goes
     /// first. Called when a connection lingers and whenever its output drains after that.
     pub(super) fn shut_write_when_drained(&mut self, key: usize) {
-        let conn = &self.conns[key];
+        let conn = &mut self.conns[key];
         if conn.write_shut || conn.dead || conn.queued() > 0 {
             return;
         }
         if let Some(t) = self.tls.get_mut(&key) {
-            // Idempotent: rustls sends it once.
-            t.conn.send_close_notify();
+            // Once: later calls find it sent.
+            t.close_notify(&mut conn.stream, &mut self.tls_scratch);
             if !self.flush_tls(key) {
                 return;
             }
@@ -105,7 +100,7 @@ impl Worker {
     /// completed as failed.
     pub(super) fn tls_reap(&mut self, key: usize) {
         if let Some(t) = self.tls.remove(&key) {
-            if !t.handshaken {
+            if !t.counted {
                 WorkerStats::add(&self.stats().tls_handshakes_failed_total, 1);
             }
             super::shrink_side(&mut self.tls);
@@ -119,4 +114,9 @@ impl Worker {
             super::http::refuse_without_slot(stream, response);
         }
     }
+}
+
+/// Sets `flag`, returning what it was.
+fn mem_replace_true(flag: &mut bool) -> bool {
+    std::mem::replace(flag, true)
 }
