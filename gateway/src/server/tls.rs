@@ -1,12 +1,12 @@
 //! TLS with rustls: the certificate and key files, their reload, and the server configuration
 //! every connection starts from. One connection's TLS state and its I/O are in
-//! [`super::tls_conn`].
+//! `server::tls_conn`.
 //!
 //! What a TLS connection holds beyond a plain one lives in the worker's side table (a boxed
-//! [`TlsConn`]), never in `Conn`, so plain connections pay nothing for TLS.
+//! `TlsConn`), never in `Conn`, so plain connections pay nothing for TLS.
 //!
-//! **Reload.** The certificate is chosen per handshake by [`Certs`] (a `ResolvesServerCert`
-//! over a lock held only to clone an `Arc`); [`Tls::reload`] rereads the files and swaps them in
+//! **Reload.** The certificate is chosen per handshake by `Certs` (a `ResolvesServerCert`
+//! over a lock held only to clone an `Arc`); `Tls::reload` rereads the files and swaps them in
 //! for new handshakes; connections already open keep theirs.
 
 use std::fmt;

@@ -37,6 +37,8 @@ const RECORD_OVERHEAD: usize = 64;
 pub(crate) struct TlsScratch {
     /// Ciphertext being processed.
     incoming: Vec<u8>,
+    /// Where the socket is read (zeroed once, so a read costs no clearing of the buffer).
+    read: Vec<u8>,
     /// Ciphertext being produced.
     outgoing: Vec<u8>,
     /// Plaintext gathered for one record.
@@ -217,18 +219,15 @@ impl TlsConn {
             if filled == buf.len() || self.peer_closed {
                 break Ok(filled);
             }
-            let start = scratch.incoming.len();
-            scratch.incoming.resize(start + READ_CHUNK, 0);
-            let read = sock.read(&mut scratch.incoming[start..]);
-            scratch
-                .incoming
-                .truncate(start + *read.as_ref().unwrap_or(&0));
-            match read {
+            if scratch.read.len() < READ_CHUNK {
+                scratch.read.resize(READ_CHUNK, 0);
+            }
+            match sock.read(&mut scratch.read) {
                 Ok(0) => {
                     self.peer_closed = true;
                     break Ok(filled);
                 }
-                Ok(_) => {}
+                Ok(n) => scratch.incoming.extend_from_slice(&scratch.read[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => break Ok(filled),
                 Err(e) => break Err(e),

@@ -13,6 +13,7 @@
 //! - [`feeds`]: the `/ws/file/..` and `/ws/log/..` sockets.
 //! - [`timers`]: deadlines: handshake, keep-alive, close grace.
 //! - [`drain`]: the graceful drain: no more accepts, closes spread over `--drain`.
+//! - [`tls`]: with `--tls-cert`, each connection's rustls state and the socket calls through it.
 //!
 //! **Ending a connection.** Only [`Worker::reap`] removes a connection from the slab. Every
 //! other path that finishes one (a failed write, a reset, a deadline, the end of a linger) marks
