@@ -389,6 +389,34 @@ fn garbage_client_hello_is_refused_and_harms_no_one() {
 }
 
 #[test]
+fn an_oversized_client_hello_is_refused_before_the_deadline() {
+    let pki = Pki::new("gateway test CA");
+    let dir = TempDir::new();
+    // A deadline far beyond the client's read timeout: only the size bound can close it in time.
+    let server = Server::start(Config {
+        handshake_timeout: Duration::from_secs(60),
+        ..tls_config(pki.write(&dir))
+    })
+    .unwrap();
+    let mut s = tcp_connect(server.local_addr());
+    // A ClientHello announcing 60,000 bytes (under rustls's own 64 KiB), sent as 40 KiB of
+    // handshake records, then silence.
+    let mut hello = vec![22, 3, 1, 0x40, 0x00, 1, 0x00, 0xea, 0x60];
+    hello.resize(5 + 0x4000, 0xab);
+    for _ in 0..2 {
+        hello.extend_from_slice(&[22, 3, 1, 0x28, 0x00]);
+        hello.resize(hello.len() + 0x2800, 0xab);
+    }
+    let _ = s.write_all(&hello);
+    let got = read_until_closed(&mut s);
+    assert!(got.is_empty() || got[0] == 21, "not an alert: {got:?}");
+    eventually("the oversized handshake counted as failed", || {
+        counter(&server, "tls_handshakes_failed_total") == 1
+    });
+    assert_eq!(counter(&server, "handshake_timeouts_total"), 0);
+}
+
+#[test]
 fn tls_handshake_is_within_the_handshake_deadline() {
     let pki = Pki::new("gateway test CA");
     let dir = TempDir::new();

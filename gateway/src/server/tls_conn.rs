@@ -31,6 +31,13 @@ pub const CHUNK: usize = 16 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// A record's overhead over its plaintext, with room to spare (header, content type, tag).
 const RECORD_OVERHEAD: usize = 64;
+/// Socket reads per call of [`TlsIo::read`] (each up to [`READ_CHUNK`]): a flood of records
+/// that carry little or no plaintext still yields the worker to other connections.
+const READS_PER_CALL: usize = 4;
+/// Handshake bytes a client may have buffered before its handshake completes. A ClientHello
+/// is a few hundred bytes to a few KiB (rustls alone would wait for up to 64 KiB): the bound of
+/// what a connection that has not completed a handshake can make the gateway hold.
+const MAX_HANDSHAKE_BUFFERED: usize = 16 * 1024;
 
 /// The buffers one worker lends to its TLS connections while it processes one of them.
 #[derive(Debug, Default)]
@@ -62,6 +69,9 @@ pub(crate) struct TlsConn {
     peer_closed: bool,
     /// Our close_notify is queued (or the connection failed: nothing more is sent).
     close_sent: bool,
+    /// The last read stopped at its budget of socket reads: the socket may have more, even
+    /// though the read was short.
+    pub more: bool,
 }
 
 impl fmt::Debug for TlsConn {
@@ -96,6 +106,7 @@ impl TlsConn {
             plain_rest: Vec::new(),
             peer_closed: false,
             close_sent: false,
+            more: false,
         }
     }
 
@@ -192,8 +203,10 @@ impl TlsConn {
 
     /// Reads plaintext into `buf` as a socket read would: `Ok(0)` at the end of the stream
     /// (with or without the peer's close_notify), `WouldBlock` when there is none. Reads the
-    /// socket until it would block or `buf` is full. A TLS error (a plain-text request, a bad
-    /// ClientHello, a failed record) sends rustls's alert, best effort, and is `InvalidData`.
+    /// socket until it would block or `buf` is full, or [`READS_PER_CALL`] times: then `more`
+    /// is set (and with no plaintext yet the result is `Interrupted`: call again). A TLS error
+    /// (a plain-text request, a bad ClientHello, a failed record, a handshake over
+    /// [`MAX_HANDSHAKE_BUFFERED`]) sends rustls's alert, best effort, and is `InvalidData`.
     fn read_plain(
         &mut self,
         sock: &mut TcpStream,
@@ -212,6 +225,8 @@ impl TlsConn {
         scratch.incoming.clear();
         scratch.incoming.append(&mut self.incoming);
         self.incoming = Vec::new();
+        self.more = false;
+        let mut reads = 0;
         let result = loop {
             if let Err(e) = self.pump(sock, scratch, buf, &mut filled) {
                 break Err(e);
@@ -219,6 +234,21 @@ impl TlsConn {
             if filled == buf.len() || self.peer_closed {
                 break Ok(filled);
             }
+            if !self.handshaken && scratch.incoming.len() > MAX_HANDSHAKE_BUFFERED {
+                self.fail(sock, scratch);
+                break Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS handshake too large",
+                ));
+            }
+            if reads == READS_PER_CALL {
+                self.more = true;
+                break match filled {
+                    0 => Err(io::ErrorKind::Interrupted.into()),
+                    n => Ok(n),
+                };
+            }
+            reads += 1;
             if scratch.read.len() < READ_CHUNK {
                 scratch.read.resize(READ_CHUNK, 0);
             }

@@ -162,6 +162,8 @@ pub(crate) struct Worker {
     tls: SideTable<Box<TlsConn>>,
     /// The buffers TLS connections borrow while one of them is processed.
     tls_scratch: TlsScratch,
+    /// The last TLS read was short only because it used up its budget of socket reads.
+    tls_more: bool,
     /// This worker's subscriptions.
     local: LocalTopics,
     due_subs: Vec<Sub>,
@@ -228,6 +230,7 @@ impl Worker {
             accepted_at: SideTable::default(),
             tls: SideTable::default(),
             tls_scratch: TlsScratch::default(),
+            tls_more: false,
             local: LocalTopics::default(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),

@@ -75,8 +75,9 @@ impl Worker {
                 self.conns[key].yielded = true;
                 break;
             }
-            if n > 0 && n < self.read_buf.len() && !peer_done {
+            if n > 0 && n < self.read_buf.len() && !peer_done && !mem::take(&mut self.tls_more) {
                 // A short read emptied the socket; the next edge will say when more arrives.
+                // (A TLS read can be short with bytes left: `tls_more` says so.)
                 return;
             }
         }

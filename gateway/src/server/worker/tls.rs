@@ -37,6 +37,7 @@ impl Worker {
         if t.handshaken && !mem_replace_true(&mut t.counted) {
             WorkerStats::add(&self.shared.stats.worker(self.id).tls_handshakes_total, 1);
         }
+        self.tls_more = t.more;
         read
     }
 
