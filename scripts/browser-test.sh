@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Browser-level test: the chat page, the echo tester (and the file page and the command pages,
 # when the gateway has --watch and --command) driven in headless Chromium over WebDriver
-# (scripts/browser/e2e.py, standard-library Python only); then, on a second gateway with
-# --jwt-secret, the chat page and the command pages with a token (JWT).
+# (scripts/browser/e2e.py, standard-library Python only); on a second gateway with
+# --jwt-secret, the chat page and the command pages with a token (JWT); then all again over TLS
+# with a self-signed certificate (when openssl is there).
 # Installs Debian's chromium and chromium-driver when missing, if running as root with apt-get;
 # otherwise says what to install. (--install is accepted for compatibility.)
 #   scripts/browser-test.sh [--install] [--gateway PATH]
@@ -15,20 +16,22 @@ for arg in "$@"; do
   case "$arg" in
     --install) install=1 ;;
     --gateway=*) gateway=${arg#--gateway=} ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "browser-test: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
 
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+    || ! command -v openssl >/dev/null; then
   # As root with apt-get the packages are installed (the README's test command works on a
-  # fresh machine as written); otherwise the script says what to install.
+  # fresh machine as written); otherwise the script says what to install. (openssl makes the
+  # TLS run's test certificate; without it that run is skipped with a note.)
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "browser-test: installing chromium and chromium-driver (Debian packages)"
+    echo "browser-test: installing chromium, chromium-driver and openssl (Debian packages)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq chromium chromium-driver >/dev/null
-  else
+    apt-get install -y -qq chromium chromium-driver openssl >/dev/null
+  elif ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     echo "browser-test: needs chromium and chromedriver: apt-get install chromium chromium-driver" >&2
     echo "              (run as root on Debian to have this script install them)" >&2
     exit 3
@@ -83,3 +86,28 @@ if "$gateway" --help | grep -q -- '--jwt-secret'; then
   python3 scripts/browser/e2e.py --base "http://127.0.0.1:$jport" --jwt "$jwt" --token "$jwt" \
     --shots target/browser
 fi
+
+# The same pages over TLS (https://, the sockets on wss://), with a self-signed test certificate
+# made by openssl; skipped, with a note, where openssl or the gateway's TLS flags are missing.
+if ! "$gateway" --help | grep -q -- '--tls-cert'; then
+  echo "browser: TLS run skipped (this gateway has no --tls-cert)"
+  exit 0
+fi
+if ! command -v openssl >/dev/null; then
+  echo "browser: TLS run skipped (needs openssl to make a test certificate)"
+  exit 0
+fi
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -addext basicConstraints=critical,CA:FALSE \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>"$work/openssl.log"
+kill $gw_pid 2>/dev/null || true
+wait $gw_pid 2>/dev/null || true
+"$gateway" "${args[@]}" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" >"$work/gateway-tls.log" 2>&1 &
+gw_pid=$!
+for _ in $(seq 100); do
+  if grep -q 'listening on' "$work/gateway-tls.log" 2>/dev/null; then break; fi
+  sleep 0.1
+done
+python3 scripts/browser/e2e.py --base "https://127.0.0.1:$port" --insecure "${file_arg[@]}" \
+  --shots target/browser/tls

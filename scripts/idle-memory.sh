@@ -39,6 +39,7 @@ OPEN_TIMEOUT=120
 PORT=0
 BUILD=1
 DEFLATE=0
+TLS=0
 OUT="$REPO_ROOT/target/idle-memory"
 GATEWAY_ARGS=()
 
@@ -63,6 +64,9 @@ Options:
   --hold-threads T     event-loop threads of the holder (loadgen --threads; default $HOLD_THREADS)
   --deflate            the holder offers permessage-deflate (loadgen --deflate), so the
                        gateway keeps a compression context per connection
+  --tls                over TLS: a fresh self-signed ECDSA P-256 certificate for 127.0.0.1
+                       (made with openssl in a temporary directory), the gateway started with
+                       --tls-cert/--tls-key, the holder on wss:// trusting it (loadgen --ca)
   --open-timeout S     limit on opening the N connections (default $OPEN_TIMEOUT)
   --out DIR            logs and /proc snapshots (default target/idle-memory)
   --no-build           use the binaries already in \${CARGO_TARGET_DIR:-target}/release
@@ -71,6 +75,7 @@ Options:
 Examples:
   scripts/idle-memory.sh                            # 10000 connections, 3 runs, median
   scripts/idle-memory.sh --conns 1000 --reps 5
+  scripts/idle-memory.sh --tls                      # the same over TLS
   scripts/idle-memory.sh --hold 180 --gateway-arg=--ping-interval=3s --gateway-arg=--pong-timeout=5s
                                                     # cost after many keep-alive rounds
 EOF
@@ -109,6 +114,7 @@ while [[ $# -gt 0 ]]; do
     --out) need_arg "$@"; OUT=$2; shift ;;
     --out=*) OUT=${1#*=} ;;
     --deflate) DEFLATE=1 ;;
+    --tls) TLS=1 ;;
     --no-build) BUILD=0 ;;
     *) die 2 "unknown argument '$1' (see --help)" ;;
   esac
@@ -179,6 +185,20 @@ fi
 mkdir -p "$OUT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/idle-memory.XXXXXX")
 
+SCHEME=ws
+HOLD_TLS_ARGS=()
+if ((TLS)); then
+  command -v openssl >/dev/null || die 2 "--tls needs openssl to make a test certificate"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>"$WORK/openssl.log" ||
+    die 1 "openssl could not make a certificate: $(tail -n 2 "$WORK/openssl.log" | tr '\n' ' ')"
+  GATEWAY_ARGS+=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
+  SCHEME=wss
+  HOLD_TLS_ARGS=(--ca "$WORK/cert.pem")
+fi
+
 # Prints "VmRSS RssAnon" (kB) of a process.
 rss_of() {
   awk '/^VmRSS:/ { r = $2 } /^RssAnon:/ { a = $2 } END { if (r == "") exit 1; print r, a }' \
@@ -194,6 +214,12 @@ snapshot() {
 # One GET /metrics; prints gateway_open_connections (the request itself is one of them).
 open_gauge() {
   local port=$1 line m
+  if ((TLS)); then
+    line=$(curl -sk --max-time 5 "https://127.0.0.1:$port/metrics" |
+      awk '$1 == "gateway_open_connections" { print $2 }') || true
+    printf '%s\n' "${line:-?}"
+    return 0
+  fi
   exec {m}<>"/dev/tcp/127.0.0.1/$port" || return 1
   printf 'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&"$m"
   line=$(timeout 5 cat <&"$m" | tr -d '\r' | awk '$1 == "gateway_open_connections" { print $2 }') || true
@@ -247,7 +273,8 @@ run_once() {
   mkfifo "$WORK/ctl.$rep"
   # One process (--procs 1): its memory is the holder's figure. --connect-rate 0: as fast as
   # --max-pending allows. The hold lasts until the line on stdin (or its end).
-  "$HOLD_BIN" --url "ws://127.0.0.1:$port/echo" --scenario connect --conns "$CONNS" \
+  "$HOLD_BIN" --url "$SCHEME://127.0.0.1:$port/echo" ${HOLD_TLS_ARGS[@]+"${HOLD_TLS_ARGS[@]}"} \
+    --scenario connect --conns "$CONNS" \
     --threads "$HOLD_THREADS" --procs 1 --connect-rate 0 --hold-stdin --echo-check \
     ${DEFLATE_ARG[@]+"${DEFLATE_ARG[@]}"} --quiet <"$WORK/ctl.$rep" >"$hout" 2>"$herr" &
   HOLDER_PID=$!
@@ -314,7 +341,7 @@ done
 
 row() { printf '%-8s %12s %12s %12s %12s %10s %10s %12s\n' "$@"; }
 {
-  printf '\nGateway resident memory, %d idle WebSocket connections held %d s, %d workers\n' "$CONNS" "$HOLD" "$WORKERS"
+  printf '\nGateway resident memory, %d idle WebSocket connections (%s://) held %d s, %d workers\n' "$CONNS" "$SCHEME" "$HOLD" "$WORKERS"
   printf '(kB = KiB, from /proc/PID/status)\n\n'
   row run "VmRSS@0" "VmRSS@N" "RssAnon@0" "RssAnon@N" "B/conn" "B/conn" "holder"
   row "" "kB" "kB" "kB" "kB" "(VmRSS)" "(RssAnon)" "VmRSS kB"

@@ -20,6 +20,7 @@ use gateway::commands::{CommandSpec, parse_command_flag};
 use gateway::logging;
 use gateway::proto::DeflateConfig;
 use gateway::server::config::format_duration;
+use gateway::server::tls::TlsFiles;
 use gateway::server::{Config, Server};
 use gateway::topics::HistoryConfig;
 use log::LevelFilter;
@@ -155,13 +156,21 @@ struct Args {
     tail: Vec<(String, PathBuf)>,
     /// Run a command per WebSocket (repeatable): `/ws/cmd/NAME` starts COMMAND LINE (split into
     /// words as a shell would, quotes included; no shell runs it) for each client presenting
-    /// the publish token; its output lines are sent as messages, messages go to its stdin. Off
-    /// unless given; needs --publish-token (without it every request is refused).
+    /// the publish token or a token (JWT) whose `commands` claim names it; its output lines are
+    /// sent as messages, messages go to its stdin. Off unless given; without --publish-token or
+    /// tokens every request is refused.
     #[arg(long, value_name = "NAME=COMMAND LINE", value_parser = parse_command_flag)]
     command: Vec<CommandSpec>,
     /// Command processes running at once (all workers); past it /ws/cmd/.. answers 503.
     #[arg(long, default_value_t = DEFAULTS.max_commands)]
     max_commands: usize,
+    /// Serve TLS only (https://, wss://) with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. Reread on reload. [default: none, plain TCP]
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1); needs --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// A duration flag for which 0 means none (`--jwt-leeway`, `--flush-interval`).
@@ -228,6 +237,10 @@ impl Args {
             tail: self.tail,
             commands: self.command,
             max_commands: self.max_commands,
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                _ => defaults.tls,
+            },
             ..defaults
         }
     }

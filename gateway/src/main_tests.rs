@@ -47,6 +47,7 @@ fn assert_same(got: &Config, want: &Config) {
         tail,
         commands,
         max_commands,
+        tls,
     } = got;
     assert_eq!(*listen, want.listen, "listen");
     assert_eq!(*workers, want.workers, "workers");
@@ -95,6 +96,7 @@ fn assert_same(got: &Config, want: &Config) {
     assert_eq!(*tail, want.tail, "tail");
     assert_eq!(*commands, want.commands, "commands");
     assert_eq!(*max_commands, want.max_commands, "max_commands");
+    assert_eq!(*tls, want.tls, "tls");
 }
 
 #[test]
@@ -253,5 +255,40 @@ fn feed_flags() {
         assert!(e.contains(bad.split('=').next().unwrap()), "{bad}: {e}");
         assert!(Args::try_parse_from(["gateway", "--watch", bad]).is_err());
         assert!(Args::try_parse_from(["gateway", "--tail", bad]).is_err());
+    }
+}
+
+#[test]
+fn tls_flags_come_in_pairs() {
+    let config = parse(&[
+        "--tls-cert",
+        "/etc/gw/cert.pem",
+        "--tls-key",
+        "/etc/gw/key.pem",
+    ])
+    .unwrap()
+    .into_config(Config::default());
+    let files = TlsFiles {
+        cert: "/etc/gw/cert.pem".into(),
+        key: "/etc/gw/key.pem".into(),
+    };
+    assert_same(
+        &config,
+        &Config {
+            tls: Some(files),
+            ..Config::default()
+        },
+    );
+    for alone in [["--tls-cert", "c.pem"], ["--tls-key", "k.pem"]] {
+        let e = parse(&alone).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        // clap exits 2 for usage errors.
+        assert_eq!(e.exit_code(), 2);
+        let other = if alone[0] == "--tls-cert" {
+            "--tls-key"
+        } else {
+            "--tls-cert"
+        };
+        assert!(e.to_string().contains(other), "{e}");
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::tls::Trust;
 use crate::url::{self, Endpoint};
 
 /// The smallest echo payload: sequence number, send time and connection index (see
@@ -150,6 +151,13 @@ pub struct Args {
     /// (print `echo-ok N` on stdout), then all close (print `closed N`).
     #[arg(long)]
     pub echo_check: bool,
+    /// wss:// URLs: trust the server certificates this CA (PEM) signed.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// wss:// URLs: accept any server certificate (self-signed test certificates); the
+    /// handshake is otherwise a real one.
+    #[arg(long, conflicts_with = "ca")]
+    pub insecure: bool,
 }
 
 /// A validated run description. It is also what the parent hands each worker process (as
@@ -302,7 +310,21 @@ impl Args {
             _ => "ws://127.0.0.1:8080/echo",
         };
         let url = self.url.clone().unwrap_or_else(|| default_url.to_string());
-        let target = url::parse_ws(&url).map_err(|e| format!("--url {e}"))?;
+        let mut target = url::parse_ws(&url).map_err(|e| format!("--url {e}"))?;
+        if target.tls.is_some() {
+            target.tls = Some(match (&self.ca, self.insecure) {
+                (Some(ca), _) => Trust::from_ca_file(ca)?,
+                (None, true) => Trust::Insecure,
+                (None, false) => {
+                    return Err(format!(
+                        "--url {url}: say which certificates to trust: --ca FILE (the CA that \
+                         signed the gateway's) or --insecure (any, for test certificates)"
+                    ));
+                }
+            });
+        } else if self.ca.is_some() || self.insecure {
+            return Err("--ca and --insecure go with a wss:// --url".into());
+        }
         if target.is_loopback_v4() && self.conns.div_ceil(self.per_addr) > 254 {
             return Err(format!(
                 "{} connections at --per-addr {} need more than the 254 source addresses \
@@ -317,6 +339,13 @@ impl Args {
             (true, PublisherKind::Http, None) => Some(url::publish_url_for(&target)?),
             _ => None,
         };
+        if publish.as_ref().is_some_and(|p| p.tls.is_some()) {
+            return Err(
+                "the HTTP publisher speaks plain HTTP only: with a wss:// --url use \
+                 --publisher ws"
+                    .into(),
+            );
+        }
         Ok((url, target, publish))
     }
 }
@@ -473,8 +502,28 @@ mod tests {
             (&["--conns", "0"], "--conns must be at least 1"),
             (&["--conns", "-5"], "-5"),
             (&["--conns", "many"], "--conns"),
-            (&["--url", "http://127.0.0.1:8080/echo"], "not a ws:// URL"),
-            (&["--url", "wss://127.0.0.1/echo"], "TLS"),
+            (&["--url", "http://127.0.0.1:8080/echo"], "not a ws://"),
+            (&["--url", "wss://127.0.0.1/echo"], "--insecure"),
+            (&["--insecure"], "wss://"),
+            (
+                &[
+                    "--url",
+                    "wss://127.0.0.1/echo",
+                    "--ca",
+                    "/nonexistent/ca.pem",
+                ],
+                "/nonexistent/ca.pem",
+            ),
+            (
+                &[
+                    "--url",
+                    "wss://127.0.0.1/ws/chat/x",
+                    "--insecure",
+                    "--scenario",
+                    "fanout",
+                ],
+                "--publisher ws",
+            ),
             (&["--scenario", "bogus"], "bogus"),
             (&["--duration", "0s"], "positive"),
             (&["--duration", "5 parsecs"], "unit"),

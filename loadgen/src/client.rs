@@ -17,6 +17,7 @@ use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::mem;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use gateway::proto::deflate;
 use gateway::proto::handshake::{
@@ -24,9 +25,13 @@ use gateway::proto::handshake::{
 };
 use gateway::proto::{ClientSession, CloseCode, Event, MessageKind, Rng, SessionState, Tick};
 use mio::net::TcpStream;
+use rustls::ClientConfig;
+use rustls::ClientConnection;
+use rustls_pki_types::ServerName;
 
 use crate::clock::now_ns;
 use crate::sockets::{connect_cause, is_connected, open_socket};
+use crate::tls::{self, TlsStream};
 use crate::url::Endpoint;
 
 /// The one read buffer of a thread.
@@ -71,6 +76,8 @@ pub struct Io {
     host: String,
     path: String,
     deflate: bool,
+    /// `wss://`: the TLS configuration and the server name every connection asks for.
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
 impl Io {
@@ -83,6 +90,11 @@ impl Io {
             host: target.host.clone(),
             path: target.path.clone(),
             deflate,
+            tls: target.tls.as_ref().and_then(|trust| {
+                // The URL's server name was checked when it was parsed.
+                let name = tls::server_name(&target.host).ok()?;
+                Some((tls::client_config(trust), name))
+            }),
         }
     }
 }
@@ -132,6 +144,8 @@ enum Stage {
 #[derive(Debug)]
 pub struct Client {
     stream: TcpStream,
+    /// `wss://`: the TLS state, from the moment the TCP connect completes.
+    tls: Option<Box<ClientConnection>>,
     stage: Stage,
     started_ns: u64,
     /// Received bytes not consumed yet (only while a frame or the response head is incomplete).
@@ -147,6 +161,7 @@ impl Client {
     pub fn connect(target: SocketAddr, src: Option<Ipv4Addr>, now_ns: u64) -> io::Result<Client> {
         Ok(Client {
             stream: open_socket(target, src)?,
+            tls: None,
             stage: Stage::Connecting,
             started_ns: now_ns,
             inbuf: Vec::new(),
@@ -187,7 +202,7 @@ impl Client {
         if matches!(self.stage, Stage::Connecting) && !self.on_connected(io)? {
             return Ok(());
         }
-        if writable && !self.out.is_empty() {
+        if writable && self.has_output() {
             self.flush()?;
         }
         if readable {
@@ -203,6 +218,13 @@ impl Client {
             Ok(true) => {}
             Ok(false) => return Ok(false),
             Err(e) => return Err(fail(connect_cause(&e))),
+        }
+        if let Some((config, name)) = &io.tls {
+            let mut conn = ClientConnection::new(config.clone(), name.clone())
+                .map_err(|e| fail(format!("tls: {e}")))?;
+            // rustls takes plaintext only once its records went out, one chunk at a time.
+            conn.set_buffer_limit(Some(tls::CHUNK));
+            self.tls = Some(Box::new(conn));
         }
         let key = client_key(io.rng.key());
         let extra: &[(&str, &str)] = if io.deflate {
@@ -232,7 +254,7 @@ impl Client {
     ) -> Result<(), End> {
         let mut buf = mem::take(&mut io.read_buf);
         let result = loop {
-            match self.stream.read(&mut buf) {
+            match self.read_socket(&mut buf) {
                 Ok(0) => break Err(self.eof_end()),
                 Ok(n) => {
                     if let Err(end) = self.input(&mut buf[..n], io, handler, now_ns()) {
@@ -418,7 +440,7 @@ impl Client {
         }
         let mut written = 0;
         let result = loop {
-            match self.stream.write(&cork[written..]) {
+            match write_socket(&mut self.stream, &mut self.tls, &cork[written..]) {
                 Ok(n) => {
                     written += n;
                     if written == cork.len() {
@@ -437,19 +459,44 @@ impl Client {
         result
     }
 
-    /// Whether output is queued that the socket did not take yet.
+    /// Whether output is queued that the socket did not take yet (over TLS, also records
+    /// rustls holds).
     pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Reads from the socket (plaintext, over TLS); see `TlsStream::read_plain`.
+    fn read_socket(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.stream.read(buf),
+            Some(t) => TlsStream {
+                tls: t,
+                sock: &mut self.stream,
+            }
+            .read_plain(buf),
+        }
     }
 
     /// Writes what the connection has queued until the socket stops taking it.
     fn flush(&mut self) -> Result<(), End> {
+        if let Some(t) = &mut self.tls {
+            let flushed = TlsStream {
+                tls: t,
+                sock: &mut self.stream,
+            }
+            .flush_tls();
+            match flushed {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) => return Err(self.io_end(&e)),
+            }
+        }
         let mut written = 0;
         let result = loop {
             if written == self.out.len() {
                 break Ok(());
             }
-            match self.stream.write(&self.out[written..]) {
+            match write_socket(&mut self.stream, &mut self.tls, &self.out[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -493,6 +540,22 @@ impl Client {
             Some(libc::EPIPE) => fail(format!("{phase}: broken pipe")),
             _ => fail(format!("{phase}: {e}")),
         }
+    }
+}
+
+/// Writes to the socket (through TLS when the connection has it).
+fn write_socket(
+    stream: &mut TcpStream,
+    tls: &mut Option<Box<ClientConnection>>,
+    buf: &[u8],
+) -> io::Result<usize> {
+    match tls {
+        None => stream.write(buf),
+        Some(t) => TlsStream {
+            tls: t,
+            sock: stream,
+        }
+        .write(buf),
     }
 }
 

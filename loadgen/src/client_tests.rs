@@ -12,6 +12,7 @@ use gateway::proto::{MessageKind, OpCode};
 use gateway::server::{Config as ServerConfig, Server, ServerHandle};
 
 use crate::single::Single;
+use crate::tls::Trust;
 use crate::url::{Endpoint, parse_ws};
 
 const T: Duration = Duration::from_secs(5);
@@ -40,6 +41,58 @@ fn echoes_and_closes_cleanly() {
     c.send(MessageKind::Binary, &big, T).unwrap();
     assert_eq!(c.recv(T).unwrap(), (MessageKind::Binary, big));
     c.close(T).unwrap();
+}
+
+/// A TLS gateway with a fresh self-signed certificate for 127.0.0.1; its files stay in a
+/// directory of this process's own, and its DER is returned to be trusted.
+fn tls_gateway(tag: &str) -> (ServerHandle, Vec<u8>) {
+    let dir = std::env::temp_dir().join(format!("loadgen-tls-test-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let files = gateway::server::tls::TlsFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&files.cert, cert.cert.pem()).unwrap();
+    std::fs::write(&files.key, cert.signing_key.serialize_pem()).unwrap();
+    let gw = Server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers: 1,
+        max_message: 1 << 20,
+        tls: Some(files),
+        ..Default::default()
+    })
+    .expect("TLS gateway starts");
+    let _ = std::fs::remove_dir_all(&dir);
+    (gw, cert.cert.der().to_vec())
+}
+
+#[test]
+fn wss_echoes_and_closes_cleanly() {
+    let (gw, der) = tls_gateway("echo");
+    let mut url = parse_ws(&format!("wss://{}/echo", gw.local_addr())).unwrap();
+    for trust in [Trust::Insecure, Trust::Ca(vec![der])] {
+        url.tls = Some(trust);
+        let mut c = Single::open(&url, false, T, true).unwrap();
+        c.send(MessageKind::Text, b"hello", T).unwrap();
+        assert_eq!(c.recv(T).unwrap(), (MessageKind::Text, b"hello".to_vec()));
+        // Many TLS records each way, more than the socket buffers hold at once.
+        let big = vec![7u8; 300_000];
+        c.send(MessageKind::Binary, &big, T).unwrap();
+        assert_eq!(c.recv(T).unwrap(), (MessageKind::Binary, big));
+        c.close(T).unwrap();
+    }
+    assert_eq!(gw.stats().total("tls_handshakes_total"), 2);
+}
+
+#[test]
+fn wss_with_an_untrusted_certificate_fails() {
+    let (gw, _) = tls_gateway("untrusted");
+    let (_, other) = tls_gateway("other");
+    let mut url = parse_ws(&format!("wss://{}/echo", gw.local_addr())).unwrap();
+    url.tls = Some(Trust::Ca(vec![other]));
+    let err = Single::open(&url, false, T, false).unwrap_err();
+    assert!(err.contains("certificate"), "{err}");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! latency, using the client side of `gateway::proto` (one codec for both ends).
 //!
 //! - [`args`]: flags and their validation into a [`Config`].
-//! - [`url`]: the ws:// and http:// endpoints, resolved up front.
+//! - [`url`]: the ws://, wss:// and http:// endpoints, resolved up front; [`tls`]: what a
+//!   wss:// client trusts (`--ca`, `--insecure`) and its rustls configuration.
 //! - [`client`]: one client WebSocket connection (connect, upgrade, `proto::Session`, close),
 //!   the only one in loadgen; [`single`] drives one on its own poll (publisher, tests).
 //! - [`sockets`]: socket setup: non-blocking connect, source addresses, connect causes.
@@ -38,6 +39,7 @@ pub mod sockets;
 pub mod stats;
 pub mod summary;
 pub mod sys;
+pub mod tls;
 pub mod url;
 
 pub use args::Config;

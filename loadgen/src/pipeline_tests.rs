@@ -75,6 +75,7 @@ where
         addr,
         host: addr.to_string(),
         path: "/publish/chat/t".into(),
+        tls: None,
     };
     (target, h)
 }
@@ -278,6 +279,7 @@ fn an_unreachable_server_is_retried_not_hammered() {
         addr,
         host: addr.to_string(),
         path: "/publish/chat/t".into(),
+        tls: None,
     };
     let p = run(
         &target,

@@ -5,6 +5,8 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use serde::{Deserialize, Serialize};
 
+use crate::tls::Trust;
+
 /// A resolved endpoint: where to connect, what to send as `Host`, and the request target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -13,6 +15,10 @@ pub struct Endpoint {
     pub host: String,
     /// Path and query, starting with `/`.
     pub path: String,
+    /// `wss://`: speak TLS, trusting this (set from `--ca` or `--insecure`; a `wss://` URL
+    /// alone trusts nothing).
+    #[serde(default)]
+    pub tls: Option<Trust>,
 }
 
 impl Endpoint {
@@ -23,16 +29,17 @@ impl Endpoint {
     }
 }
 
-/// Parses a `ws://host[:port][/path]` URL.
+/// Parses a `ws://host[:port][/path]` or `wss://host[:port][/path]` URL.
 pub fn parse_ws(url: &str) -> Result<Endpoint, String> {
-    if url.starts_with("wss://") {
-        return Err(format!(
-            "'{url}': wss:// (TLS) is not supported; point loadgen at the gateway's ws:// port"
-        ));
+    if let Some(rest) = url.strip_prefix("wss://") {
+        let mut e = parse_rest(url, rest, 443)?;
+        crate::tls::server_name(&e.host).map_err(|err| format!("'{url}': {err}"))?;
+        e.tls = Some(Trust::Ca(Vec::new()));
+        return Ok(e);
     }
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("'{url}' is not a ws:// URL (expected ws://HOST:PORT/PATH)"))?;
+    let rest = url.strip_prefix("ws://").ok_or_else(|| {
+        format!("'{url}' is not a ws:// or wss:// URL (expected ws://HOST:PORT/PATH)")
+    })?;
     parse_rest(url, rest, 80)
 }
 
@@ -85,6 +92,7 @@ fn parse_rest(url: &str, rest: &str, default_port: u16) -> Result<Endpoint, Stri
         addr,
         host: authority.to_string(),
         path,
+        tls: None,
     })
 }
 
@@ -102,6 +110,7 @@ pub fn publish_url_for(ws: &Endpoint) -> Result<Endpoint, String> {
         addr: ws.addr,
         host: ws.host.clone(),
         path: format!("/publish/{topic}"),
+        tls: ws.tls.clone(),
     })
 }
 
@@ -128,14 +137,21 @@ mod tests {
         assert!(!e.is_loopback_v4());
         let e = parse_ws("ws://localhost:8080/echo").unwrap();
         assert!(e.addr.ip().is_loopback());
+        assert_eq!(e.tls, None);
+
+        // wss: port 443 by default; trusts nothing until --ca or --insecure says what.
+        let e = parse_ws("wss://127.0.0.1/echo").unwrap();
+        assert_eq!(e.addr.port(), 443);
+        assert_eq!(e.tls, Some(Trust::Ca(Vec::new())));
+        let e = parse_ws("wss://localhost:8443/ws/chat/a").unwrap();
+        assert_eq!((e.addr.port(), e.host.as_str()), (8443, "localhost:8443"));
     }
 
     #[test]
     fn bad_urls_say_what_is_wrong() {
         let table = [
-            ("http://127.0.0.1:8080/echo", "not a ws:// URL"),
-            ("wss://127.0.0.1/echo", "TLS"),
-            ("127.0.0.1:8080", "not a ws:// URL"),
+            ("http://127.0.0.1:8080/echo", "not a ws:// or wss:// URL"),
+            ("127.0.0.1:8080", "not a ws:// or wss:// URL"),
             ("ws://", "no host"),
             ("ws://127.0.0.1:99999/", "not a port"),
             ("ws://127.0.0.1:x/", "not a port"),

@@ -16,6 +16,9 @@ so nothing but Debian's chromium and chromium-driver is needed. Checks:
   - tokens (with --jwt JWT, against a gateway with --jwt-secret): the chat page without the
     token is refused, and with ?token=JWT works as above; with --token JWT as well, the command
     pages are driven with the JWT (its `commands` claim lists sed and count).
+With an https:// --base (a gateway with --tls-cert/--tls-key) the same checks run over TLS
+(the pages' sockets are then wss://); --insecure accepts a self-signed test certificate, in
+Chromium (--ignore-certificate-errors) and in the publisher.
 Screenshots go to --shots DIR. Exits non-zero with a clear message on the first failure.
 """
 import argparse
@@ -24,6 +27,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -45,7 +49,7 @@ def free_port():
 
 
 class WebDriver:
-    def __init__(self, chromedriver, chromium):
+    def __init__(self, chromedriver, chromium, insecure=False):
         self.port = free_port()
         self.proc = subprocess.Popen(
             [chromedriver, "--port=%d" % self.port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -66,8 +70,11 @@ class WebDriver:
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--disable-dev-shm-usage", "--window-size=1000,800", "--user-data-dir=" + self.profile,
         ]
+        if insecure:
+            args.append("--ignore-certificate-errors")
         caps = {"capabilities": {"alwaysMatch": {
-            "browserName": "chrome", "goog:chromeOptions": {"binary": chromium, "args": args}}}}
+            "browserName": "chrome", "acceptInsecureCerts": insecure,
+            "goog:chromeOptions": {"binary": chromium, "args": args}}}}
         self.session = self.call("POST", "/session", caps)["sessionId"]
 
     def call(self, method, path, body=None):
@@ -128,9 +135,13 @@ class WebDriver:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
+# Set by --insecure: the publisher accepts the gateway's self-signed test certificate.
+PUBLISH_SSL = None
+
+
 def publish(base, topic, body):
     req = urllib.request.Request("%s/publish/%s" % (base, topic), data=body.encode(), method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=10, context=PUBLISH_SSL) as resp:
         return json.loads(resp.read())
 
 
@@ -154,8 +165,8 @@ def chat(wd, base, shots, token=None):
         raise Failure("expected the page to be the room's one subscriber, publish said %r" % r)
     wd.wait_text("#log", lambda t: "bob: hi alice" in t, "message from someone else appears live")
     wd.screenshot(os.path.join(shots, "chat-token.png" if token else "chat.png"))
-    print("browser: chat page ok (own message and a published message shown%s)"
-          % (", with a token" if token else ""))
+    print("browser: chat page ok over %s (own message and a published message shown%s)"
+          % (base.split(":", 1)[0], ", with a token" if token else ""))
 
 
 def file_page(wd, base, name, path, shots):
@@ -167,7 +178,7 @@ def file_page(wd, base, name, path, shots):
         f.write("second version, written while the page was open\n")
     wd.wait_text("pre", lambda t: "second version" in t, "file page updates live")
     wd.screenshot(os.path.join(shots, "file.png"))
-    print("browser: file page ok (content shown and updated live)")
+    print("browser: file page ok over %s (content shown and updated live)" % base.split(":", 1)[0])
 
 
 def echo_page(wd, base, shots):
@@ -213,13 +224,18 @@ def main():
                     "page is checked to be refused without it and to work with ?token=; the echo "
                     "page, which sends no token, is skipped")
     ap.add_argument("--shots", default="target/browser", help="directory for screenshots")
+    ap.add_argument("--insecure", action="store_true",
+                    help="accept a self-signed certificate (an https:// --base with a test certificate)")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--chromedriver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver")
     a = ap.parse_args()
     os.makedirs(a.shots, exist_ok=True)
+    global PUBLISH_SSL
+    if a.insecure:
+        PUBLISH_SSL = ssl._create_unverified_context()
     wd = None
     try:
-        wd = WebDriver(a.chromedriver, a.chromium)
+        wd = WebDriver(a.chromedriver, a.chromium, a.insecure)
         chat(wd, a.base, a.shots, a.jwt)
         if a.file:
             name, path = a.file.split("=", 1)

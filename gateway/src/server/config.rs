@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::tls::TlsFiles;
 use crate::commands::CommandSpec;
 use crate::proto::DeflateConfig;
 use crate::topics::HistoryConfig;
@@ -111,6 +112,11 @@ pub struct Config {
     /// Command processes running at once, across workers (counted until each is reaped); past
     /// it `/ws/cmd/..` answers 503. Default 16.
     pub max_commands: usize,
+    /// TLS (`--tls-cert PATH --tls-key PATH`, PEM): with it the listener speaks only TLS
+    /// (`https://`, `wss://`), ALPN `http/1.1`, the TLS handshake within
+    /// `handshake_timeout`; the files are reread by [`crate::server::ServerHandle::reload_tls`].
+    /// Default none: plain TCP.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Config {
@@ -146,6 +152,7 @@ impl Default for Config {
             tail: Vec::new(),
             commands: Vec::new(),
             max_commands: 16,
+            tls: None,
         }
     }
 }

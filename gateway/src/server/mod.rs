@@ -22,6 +22,8 @@ mod reload;
 mod report;
 pub mod stats;
 pub mod timer;
+pub mod tls;
+mod tls_conn;
 mod worker;
 
 use std::io;
@@ -61,6 +63,8 @@ pub(crate) struct Shared {
     /// The token verifier (`None`: tokens are off), replaced by
     /// [`ServerHandle::reload_tokens`]; read once per upgrade and per publish with a token.
     pub tokens: RwLock<Option<Arc<Verifier>>>,
+    /// With `--tls-cert` and `--tls-key`: every connection speaks TLS.
+    pub tls: Option<tls::Tls>,
 }
 
 impl Shared {
@@ -100,6 +104,10 @@ impl Server {
             // Commands get their three pipes and nothing else of this process.
             crate::sys::cloexec_inherited()?;
         }
+        let tls = match &config.tls {
+            Some(files) => Some(tls::Tls::new(files).map_err(io::Error::other)?),
+            None => None,
+        };
         let workers = config.workers.max(1);
         let listeners = bind_listeners(&config, workers)?;
         let local_addr = listeners[0].local_addr()?;
@@ -121,6 +129,7 @@ impl Server {
             open_conns: AtomicUsize::new(0),
             tokens: RwLock::new(tokens.map(Arc::new)),
             running_commands: AtomicUsize::new(0),
+            tls,
         });
         let mut mailboxes = Vec::new();
         let mut built = Vec::new();
@@ -220,6 +229,17 @@ impl ServerHandle {
     /// Connections open right now (WebSocket and HTTP).
     pub fn open_connections(&self) -> usize {
         self.shared.open_conns.load(Ordering::Relaxed)
+    }
+
+    /// Rereads the `--tls-cert` and `--tls-key` files and serves them to new handshakes
+    /// (connections already open keep theirs): what SIGHUP does. On an error (a missing or
+    /// invalid file, a key that is not the certificate's) the certificate served so far stays
+    /// and the error names the file. Without TLS there is nothing to reload: `Ok`.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.shared.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Asks every worker to stop: open WebSockets are sent close 1001 and all sockets are
@@ -347,6 +367,15 @@ impl Reloader {
         }
         let (now, mut report) = self.shared.live.reload(&new);
         report.errors.extend(token_error);
+        // The certificate files are reread: a renewed certificate is served from now on.
+        if let Some(tls) = &self.shared.tls {
+            match tls.reload() {
+                Ok(()) => report.changed.push("certificates (reread)"),
+                Err(e) => report.errors.push(format!(
+                    "certificates: {e}; the certificate in force is kept"
+                )),
+            }
+        }
         self.shared.hub.set_limits(now.max_topics, now.max_backlog);
         // Idle workers pick the new configuration up at once rather than at their next event.
         for w in &self.wakers {

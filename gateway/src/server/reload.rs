@@ -1,8 +1,9 @@
 //! Changing the configuration of a running server (SIGHUP in the binary), without dropping a
 //! connection.
 //!
-//! What can change safely changes: origins, the publish token, connection and message limits,
-//! timeouts, the drain window, the hub's limits, the flush interval. What the server was built
+//! What can change safely changes: origins, the publish token, token keys, connection and
+//! message limits, timeouts, the drain window, the hub's limits, the flush interval; the TLS
+//! certificate and key files are reread (the same paths). What the server was built
 //! around (the address, the workers, the feeds, history sizes, deflate) needs a restart: a
 //! reload that changes it keeps the running value and says so, rather than failing.
 //!
@@ -104,6 +105,7 @@ fn merge(old: &Config, new: &Config) -> (Config, Reloaded) {
         tail,
         commands,
         max_commands,
+        tls,
     } = new;
     macro_rules! live {
         ($($field:ident => $flag:literal),* $(,)?) => {$(
@@ -153,6 +155,7 @@ fn merge(old: &Config, new: &Config) -> (Config, Reloaded) {
         watch => "watch",
         tail => "tail",
         commands => "command",
+        tls => "tls-cert/tls-key",
     }
     (merged, report)
 }

@@ -77,6 +77,8 @@ counters! {
     commands_failed_total: "command sockets closed with 1011 because the process could not start",
     commands_killed_total: "command processes sent SIGKILL after ignoring stdin's end and SIGINT",
     commands_binary_refused_total: "command sockets closed with 1003 for a binary message",
+    tls_handshakes_total: "TLS handshakes completed",
+    tls_handshakes_failed_total: "TLS connections closed before their handshake completed (a plain-text request, a bad or unacceptable ClientHello, the handshake timeout, the peer leaving)",
 }
 
 impl WorkerStats {

@@ -333,3 +333,19 @@ fn reload_applies_limits_to_a_running_server() {
     again.send_text("room again");
     again.expect_text("room again");
 }
+
+/// The example configuration of docs/OPERATIONS.md's deployment guide is one the gateway takes.
+#[test]
+fn the_deployment_guides_example_configuration_is_valid() {
+    let guide = include_str!("../../../docs/OPERATIONS.md");
+    let start = guide.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+    let example = &guide[start..start + guide[start..].find("```").unwrap()];
+    let file = TempFile::new(example);
+    let t = check_config(&["--config", file.path()], &[]);
+    assert_eq!(t["listen"].as_str(), Some("0.0.0.0:443"));
+    assert_eq!(
+        t["tls-cert"].as_str(),
+        Some("/etc/gateway/tls/fullchain.pem")
+    );
+    assert_eq!(t["log-format"].as_str(), Some("json"));
+}

@@ -109,14 +109,14 @@ impl Worker {
         if open >= self.config.max_conns {
             self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
             WorkerStats::add(&self.stats().refused_max_conns_total, 1);
-            http::refuse_without_slot(&stream, http::RESPONSE_503_AT_CAPACITY);
+            self.refuse_without_slot(&stream, http::RESPONSE_503_AT_CAPACITY);
             return;
         }
         let per_ip = self.config.max_conns_per_ip;
         if per_ip > 0 && !self.shared.per_ip.try_add(ip, per_ip) {
             self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
             WorkerStats::add(&self.stats().refused_per_ip_total, 1);
-            http::refuse_without_slot(&stream, http::RESPONSE_503_PER_IP);
+            self.refuse_without_slot(&stream, http::RESPONSE_503_PER_IP);
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -139,6 +139,7 @@ impl Worker {
             return;
         }
         entry.insert(Conn::new(stream, id.generation, self.now));
+        self.tls_accept(id.slot());
         self.accepted_at.insert(id.slot(), Instant::now());
         self.arm_timer(id.slot());
     }
@@ -183,7 +184,7 @@ impl Worker {
         let shed = match listener.accept() {
             Ok((stream, _peer)) => {
                 WorkerStats::add(&self.stats().refused_no_fds_total, 1);
-                http::refuse_without_slot(&stream, http::RESPONSE_503_NO_FDS);
+                self.refuse_without_slot(&stream, http::RESPONSE_503_NO_FDS);
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

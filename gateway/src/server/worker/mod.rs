@@ -15,6 +15,7 @@
 //! - [`commands`]: the `/ws/cmd/..` sockets: a process per connection, its pipes in the `Poll`.
 //! - [`timers`]: deadlines: handshake, keep-alive, close grace.
 //! - [`drain`]: the graceful drain: no more accepts, closes spread over `--drain`.
+//! - [`tls`]: with `--tls-cert`, each connection's rustls state and the socket calls through it.
 //!
 //! **Ending a connection.** Only [`Worker::reap`] removes a connection from the slab. Every
 //! other path that finishes one (a failed write, a reset, a deadline, the end of a linger) marks
@@ -26,7 +27,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::mem;
-use std::net::{Shutdown, TcpListener as StdListener};
+use std::net::TcpListener as StdListener;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -45,6 +46,7 @@ mod http;
 mod multiplex;
 mod sockets;
 mod timers;
+mod tls;
 mod ws;
 
 use super::conn::{Conn, Phase};
@@ -52,6 +54,7 @@ use super::outbox::Outbox;
 use super::pool::BufPool;
 use super::stats::WorkerStats;
 use super::timer::{Entry, TimerWheel};
+use super::tls_conn::{TlsConn, TlsScratch};
 use super::{Config, ConnId, Generations, Shared};
 use crate::proto::{Compressor, Timeouts};
 use crate::topics::TopicId;
@@ -167,6 +170,12 @@ pub(crate) struct Worker {
     auth: SideTable<auth::Authorized>,
     /// Command processes (`/ws/cmd/..`), with their own side table by slot.
     procs: commands::Procs,
+    /// and each connection's TLS state, with `--tls-cert` (boxed: a few KiB each).
+    tls: SideTable<Box<TlsConn>>,
+    /// The buffers TLS connections borrow while one of them is processed.
+    tls_scratch: TlsScratch,
+    /// The last TLS read was short only because it used up its budget of socket reads.
+    tls_more: bool,
     /// This worker's subscriptions.
     local: LocalTopics,
     due_subs: Vec<Sub>,
@@ -233,6 +242,9 @@ impl Worker {
             accepted_at: SideTable::default(),
             auth: SideTable::default(),
             procs: commands::Procs::default(),
+            tls: SideTable::default(),
+            tls_scratch: TlsScratch::default(),
+            tls_more: false,
             local: LocalTopics::default(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),
@@ -387,6 +399,7 @@ impl Worker {
         if let Some(out) = conn.out {
             out.recycle(&mut self.pool);
         }
+        self.tls_reap(key);
         self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
         // Dropping the stream closes the socket, which also removes it from the epoll set.
     }
@@ -400,12 +413,8 @@ impl Worker {
         if let Phase::Open(ws) = mem::replace(&mut conn.phase, Phase::Linger) {
             self.end_ws(id, ws);
         }
-        let conn = &mut self.conns[key];
-        conn.since = self.now;
-        if conn.queued() == 0 && !conn.write_shut {
-            conn.write_shut = true;
-            let _ = conn.stream.shutdown(Shutdown::Write);
-        }
+        self.conns[key].since = self.now;
+        self.shut_write_when_drained(key);
         self.arm_timer(key);
     }
 

@@ -13,14 +13,14 @@
 //! writes the cork; [`Worker::on_writable`] drains the outbox; [`write_parts`] is the one place
 //! that calls `send`/`writev`.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::mem;
-use std::net::Shutdown;
 use std::sync::Arc;
 
 use super::{POOL_MAX, Worker};
 use crate::server::conn::Phase;
 use crate::server::stats::WorkerStats;
+use crate::server::tls_conn::TlsIo;
 use crate::topics::TopicId;
 
 /// Reads per connection per turn before it yields to the others.
@@ -58,7 +58,7 @@ impl Worker {
             let n = if mem::take(&mut conn.yielded) {
                 0
             } else {
-                match conn.stream.read(&mut self.read_buf) {
+                match self.read_socket(key) {
                     Ok(0) => return self.on_peer_eof(key),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -79,8 +79,9 @@ impl Worker {
                 self.conns[key].yielded = true;
                 break;
             }
-            if n > 0 && n < self.read_buf.len() && !peer_done {
+            if n > 0 && n < self.read_buf.len() && !peer_done && !mem::take(&mut self.tls_more) {
                 // A short read emptied the socket; the next edge will say when more arrives.
+                // (A TLS read can be short with bytes left: `tls_more` says so.)
                 return;
             }
         }
@@ -93,10 +94,10 @@ impl Worker {
     /// The peer will send nothing more. Output it has not received yet (echoes, the close
     /// reply) still goes out: the connection ends once it has drained.
     fn on_peer_eof(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
-        if conn.queued() == 0 {
+        if self.drained(key) {
             return self.kill(key);
         }
+        let conn = &mut self.conns[key];
         conn.peer_closed = true;
         if matches!(conn.phase, Phase::Open(_)) {
             self.linger(key);
@@ -227,7 +228,7 @@ impl Worker {
         if conn.queued() > 0 {
             return Some(0);
         }
-        let written = write_parts(&mut conn.stream, parts);
+        let written = self.write_socket(key, parts);
         match written {
             Some(n) => WorkerStats::add(&self.stats().bytes_out_total, n as u64),
             None => self.kill(key),
@@ -238,28 +239,46 @@ impl Worker {
     /// The socket can take more: drains the outbox, then finishes what waited for it (a
     /// linger's shutdown, a paused reader).
     pub(super) fn on_writable(&mut self, key: usize) {
+        // Over TLS, the records rustls holds go before anything queued after them.
+        if !self.flush_tls(key) {
+            return;
+        }
         let conn = &mut self.conns[key];
-        let Some(out) = conn.out.as_mut() else { return };
-        match out.write_to(&mut conn.stream, &mut self.pool) {
-            Ok(written) => WorkerStats::add(
-                &self.shared.stats.worker(self.id).bytes_out_total,
-                written as u64,
-            ),
-            Err(_) => return self.kill(key),
-        }
-        if out.is_empty() {
-            let out = conn.out.take().expect("checked above");
-            if self.outboxes.len() < POOL_MAX {
-                self.outboxes.push(out);
+        if let Some(out) = conn.out.as_mut() {
+            let written = match self.tls.get_mut(&key) {
+                None => out.write_to(&mut conn.stream, &mut self.pool),
+                Some(t) => out.write_to(
+                    &mut TlsIo {
+                        tls: t,
+                        sock: &mut conn.stream,
+                        scratch: &mut self.tls_scratch,
+                    },
+                    &mut self.pool,
+                ),
+            };
+            match written {
+                Ok(written) => WorkerStats::add(
+                    &self.shared.stats.worker(self.id).bytes_out_total,
+                    written as u64,
+                ),
+                Err(_) => return self.kill(key),
             }
+            if out.is_empty() {
+                let out = conn.out.take().expect("checked above");
+                if self.outboxes.len() < POOL_MAX {
+                    self.outboxes.push(out);
+                }
+            }
+        } else if !self.tls.contains_key(&key) {
+            return;
         }
-        if conn.queued() == 0 && conn.peer_closed {
+        if self.drained(key) && self.conns[key].peer_closed {
             return self.kill(key);
         }
-        if conn.queued() == 0 && matches!(conn.phase, Phase::Linger) && !conn.write_shut {
-            conn.write_shut = true;
-            let _ = conn.stream.shutdown(Shutdown::Write);
+        if matches!(self.conns[key].phase, Phase::Linger) {
+            self.shut_write_when_drained(key);
         }
+        let conn = &mut self.conns[key];
         if conn.paused && conn.queued() <= self.config.max_queued {
             conn.paused = false;
             self.read_ready(key, false);
@@ -270,7 +289,7 @@ impl Worker {
 
 /// Writes `parts` to the socket until all is written or it would block; returns the bytes
 /// written, or `None` when the connection failed. The one place that writes without queueing.
-pub(super) fn write_parts(stream: &mut mio::net::TcpStream, parts: &[&[u8]]) -> Option<usize> {
+pub(super) fn write_parts(stream: &mut impl Write, parts: &[&[u8]]) -> Option<usize> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut written = 0;
     while written < total {
