@@ -349,3 +349,52 @@ fn the_deployment_guides_example_configuration_is_valid() {
     );
     assert_eq!(t["log-format"].as_str(), Some("json"));
 }
+
+/// Signals at any moment: reloads during handshakes and traffic, a reload during the drain;
+/// no connection is dropped by a reload, the drain still ends with 1001 and exit status 0.
+#[test]
+fn signals_during_handshakes_and_during_the_drain() {
+    let file = TempFile::new("max-message = 1000\n");
+    let mut gw = Running::start(&["--config", file.path()]);
+    let addr = gw.addr;
+    let (mut steady, _) = raw_handshake(addr, &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut opened = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (mut ws, _) = raw_handshake(addr, &[]);
+                ws.send_text("churn");
+                ws.expect_text("churn");
+                ws.send_close(1000, "");
+                ws.expect_close(1000);
+                opened += 1;
+            }
+            opened
+        })
+    };
+    for i in 0..20 {
+        file.rewrite(&format!("max-message = {}\n", 1000 + i));
+        gw.signal(libc::SIGHUP);
+        steady.send_text("between reloads");
+        steady.expect_text("between reloads");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(churn.join().unwrap() > 0);
+    gw.signal(libc::SIGTERM);
+    gw.expect_line("draining");
+    gw.signal(libc::SIGHUP);
+    assert_eq!(steady.expect_close(1001), "server draining");
+    steady.send_close(1001, "");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit after the drain");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
