@@ -59,13 +59,17 @@ if "$gateway" --help | grep -q -- '--command'; then
          --command "count=sh -c 'echo one; echo two; exit 3'")
   file_arg+=(--token "$token")
 fi
+# Waits (at most 10 s) until something listens on 127.0.0.1:PORT.
+wait_port() {
+  for _ in $(seq 100); do
+    if python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null; then return; fi
+    sleep 0.1
+  done
+}
 "$gateway" "${args[@]}" >"$work/gateway.log" 2>&1 &
 gw_pid=$!
 trap 'kill $gw_pid 2>/dev/null || true; wait $gw_pid 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do
-  if python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then break; fi
-  sleep 0.1
-done
+wait_port "$port"
 python3 scripts/browser/e2e.py --base "http://127.0.0.1:$port" "${file_arg[@]}" --shots target/browser
 
 # Tokens: a second gateway with --jwt-secret; the chat and command pages pass their ?token= to
@@ -77,10 +81,7 @@ if "$gateway" --help | grep -q -- '--jwt-secret'; then
     --command "count=sh -c 'echo one; echo two; exit 3'" >"$work/gateway-jwt.log" 2>&1 &
   jwt_pid=$!
   trap 'kill $gw_pid $jwt_pid 2>/dev/null || true; wait $gw_pid $jwt_pid 2>/dev/null || true; rm -rf "$work"' EXIT
-  for _ in $(seq 100); do
-    if python3 -c "import socket; socket.create_connection(('127.0.0.1', $jport), 0.2)" 2>/dev/null; then break; fi
-    sleep 0.1
-  done
+  wait_port "$jport"
   jwt=$("$gateway" token --secret "$secret" --sub browser --topics 'chat/*' --publish 'chat/*' \
     --commands sed,count --ttl 10m)
   python3 scripts/browser/e2e.py --base "http://127.0.0.1:$jport" --jwt "$jwt" --token "$jwt" \

@@ -298,7 +298,7 @@ impl TlsConn {
         }
         let plain = mem::take(&mut scratch.plain);
         let result = self.with_write_traffic(sock, scratch, |out, wt| {
-            encrypt_into(out, |o| wt.encrypt(&plain, o))
+            encode_into(out, |o| wt.encrypt(&plain, o))
         });
         scratch.plain = plain;
         result?;
@@ -312,7 +312,7 @@ impl TlsConn {
             return;
         }
         let queued = self.with_write_traffic(sock, scratch, |out, wt| {
-            encrypt_into(out, |o| wt.queue_close_notify(o))
+            encode_into(out, |o| wt.queue_close_notify(o))
         });
         self.close_sent = true;
         if queued.is_ok() {
@@ -392,53 +392,51 @@ impl TlsConn {
     }
 }
 
-/// Runs `encode` into the free end of `out`, growing it when rustls says it needs more room.
-fn encode_into(
-    out: &mut Vec<u8>,
-    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
-) -> io::Result<()> {
-    let mut room = RECORD_OVERHEAD + CHUNK;
-    loop {
-        let start = out.len();
-        out.resize(start + room, 0);
-        match encode(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(e)) => {
-                out.truncate(start);
-                room = e.required_size;
-            }
-            Err(e) => {
-                out.truncate(start);
-                return Err(io::Error::other(e.to_string()));
-            }
+/// The two rustls errors that can ask for a bigger output buffer.
+trait NeedsRoom: std::fmt::Display {
+    /// The room rustls needs, when that is what the error says.
+    fn needs_room(&self) -> Option<usize>;
+}
+
+impl NeedsRoom for EncodeError {
+    fn needs_room(&self) -> Option<usize> {
+        match self {
+            EncodeError::InsufficientSize(e) => Some(e.required_size),
+            _ => None,
         }
     }
 }
 
-/// Like [`encode_into`] for application data and alerts.
-fn encrypt_into(
+impl NeedsRoom for EncryptError {
+    fn needs_room(&self) -> Option<usize> {
+        match self {
+            EncryptError::InsufficientSize(e) => Some(e.required_size),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `write` (a handshake encode, or an encryption of data or an alert) into the free end
+/// of `out`, growing it when rustls says it needs more room.
+fn encode_into<E: NeedsRoom>(
     out: &mut Vec<u8>,
-    mut encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
 ) -> io::Result<()> {
     let mut room = RECORD_OVERHEAD + CHUNK;
     loop {
         let start = out.len();
         out.resize(start + room, 0);
-        match encrypt(&mut out[start..]) {
+        match write(&mut out[start..]) {
             Ok(n) => {
                 out.truncate(start + n);
                 return Ok(());
             }
-            Err(EncryptError::InsufficientSize(e)) => {
-                out.truncate(start);
-                room = e.required_size;
-            }
             Err(e) => {
                 out.truncate(start);
-                return Err(io::Error::other(e.to_string()));
+                match e.needs_room() {
+                    Some(needed) => room = needed,
+                    None => return Err(io::Error::other(e.to_string())),
+                }
             }
         }
     }
