@@ -140,4 +140,42 @@ mod tests {
         assert!(!local.remove(id, ConnId::new(1, 1)));
         assert_eq!(local.count(id), 1);
     }
+
+    /// A message still in the mailbox for a forgotten topic is not delivered to the later topic
+    /// that took its slot, though its sequence number is one the new subscriber has not seen.
+    #[test]
+    fn a_message_of_a_forgotten_topic_misses_the_topic_in_its_slot() {
+        let limits = crate::topics::HubLimits {
+            topic_ttl: std::time::Duration::ZERO,
+            ..crate::topics::HubLimits::default()
+        };
+        let hub = Hub::with_limits(HistoryConfig::default(), limits);
+        let old = hub.publish("t", MessageKind::Text, b"old".to_vec().into());
+        let in_flight = hub.latest(old.topic).unwrap();
+        hub.expire_idle();
+        assert_eq!(hub.find("t"), None);
+        let (sub, created) = hub
+            .join("t", TopicKind::Stream, Resume::default(), true)
+            .unwrap();
+        assert!(created && sub.topic != old.topic);
+        assert_eq!(
+            slot_of(sub.topic),
+            slot_of(old.topic),
+            "the slot was reused"
+        );
+        let mut local = LocalTopics::default();
+        let s = Sub {
+            conn: ConnId::new(1, 1),
+            last_seq: sub.last_seq,
+            style: Style::Envelope,
+        };
+        local.add(sub.topic, s);
+        let mut due = Vec::new();
+        local.deliver(&in_flight, &mut due);
+        assert!(due.is_empty(), "the old message is not delivered");
+        assert!(!local.remove(old.topic, ConnId::new(1, 1)));
+        let new = hub.publish("t", MessageKind::Text, b"new".to_vec().into());
+        local.deliver(&hub.latest(new.topic).unwrap(), &mut due);
+        assert_eq!(due.len(), 1);
+    }
 }

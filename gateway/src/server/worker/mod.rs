@@ -173,7 +173,7 @@ pub(crate) struct Worker {
     procs: commands::Procs,
     /// This worker's subscriptions.
     local: LocalTopics,
-    /// When the first worker next looks for idle topics to forget (`--topic-ttl`).
+    /// When this worker next looks for idle topics to forget (`--topic-ttl`).
     next_topic_sweep: Instant,
     due_subs: Vec<Sub>,
     /// Empty outboxes, reused with their queue's capacity. Kept boxed because a connection
@@ -346,12 +346,9 @@ impl Worker {
         }
     }
 
-    /// The first worker forgets idle topics at most once a second, when it is awake anyway
+    /// Forgets idle topics, at most once a second per worker and only when it is awake anyway
     /// (creating a topic does it too), so that their history is freed without new topics.
     fn sweep_topics(&mut self) {
-        if self.id != 0 {
-            return;
-        }
         let now = Instant::now();
         if now >= self.next_topic_sweep {
             self.next_topic_sweep = now + Duration::from_secs(1);
