@@ -118,10 +118,20 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value_t = FlagDuration(DEFAULTS.jwt_leeway),
           value_parser = parse_duration_or_zero)]
     jwt_leeway: FlagDuration,
-    /// Topics clients may create in all (subscriptions, chat rooms, publishing); past it new
+    /// Topics clients may hold at once (subscriptions, chat rooms, publishing); past it new
     /// names are refused.
     #[arg(long, default_value_t = DEFAULTS.max_topics)]
     max_topics: usize,
+    /// Forget a topic with no subscriber and no publish for this long (configured feeds are
+    /// kept); its history is freed and a re-created topic gets a new epoch.
+    #[arg(long, value_name = "DURATION", default_value_t = FlagDuration(DEFAULTS.topic_ttl))]
+    topic_ttl: FlagDuration,
+    /// New topics one connection may create at once (refilled at --topic-rate).
+    #[arg(long, default_value_t = DEFAULTS.topic_burst)]
+    topic_burst: u32,
+    /// New topics per second one connection may create once its burst is spent.
+    #[arg(long, default_value_t = DEFAULTS.topic_rate)]
+    topic_rate: u32,
     /// Bytes of published messages waiting for one worker past which publishers are pushed
     /// back (503 with Retry-After, an error on /ws, chat clients paused).
     #[arg(long, default_value_t = DEFAULTS.max_backlog)]
@@ -231,6 +241,9 @@ impl Args {
             jwt_public_key: self.jwt_public_key,
             jwt_leeway: self.jwt_leeway.0,
             max_topics: self.max_topics,
+            topic_ttl: self.topic_ttl.0,
+            topic_burst: self.topic_burst,
+            topic_rate: self.topic_rate,
             max_backlog: self.max_backlog,
             flush_interval: self.flush_interval.0,
             watch: self.watch,

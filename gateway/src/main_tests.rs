@@ -36,6 +36,9 @@ fn assert_same(got: &Config, want: &Config) {
         history,
         history_memory,
         max_topics,
+        topic_ttl,
+        topic_burst,
+        topic_rate,
         max_backlog,
         flush_interval,
         publish_token,
@@ -85,6 +88,9 @@ fn assert_same(got: &Config, want: &Config) {
     assert_eq!(*bytes, want.history.bytes, "history.bytes");
     assert_eq!(*history_memory, want.history_memory, "history_memory");
     assert_eq!(*max_topics, want.max_topics, "max_topics");
+    assert_eq!(*topic_ttl, want.topic_ttl, "topic_ttl");
+    assert_eq!(*topic_burst, want.topic_burst, "topic_burst");
+    assert_eq!(*topic_rate, want.topic_rate, "topic_rate");
     assert_eq!(*max_backlog, want.max_backlog, "max_backlog");
     assert_eq!(*flush_interval, want.flush_interval, "flush_interval");
     assert_eq!(*publish_token, want.publish_token, "publish_token");

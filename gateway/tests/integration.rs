@@ -22,6 +22,7 @@
 //! - `backpressure`: a publish flood: bounded backlog, publishers pushed back, slow consumers.
 //! - `strict_http`: framing two readers could read differently is refused (no smuggling).
 //! - `topics`: chat rooms, the publish API, the `/ws` protocol, slow consumers.
+//! - `topic_lifecycle`: topics forgotten when idle, the per-connection bound, epochs and resets.
 //! - `feeds`: file watch and log tail: writes, atomic replace, delete, truncation, rotation.
 //! - `scale`: thousands of idle connections on one gateway all still echo.
 //!
@@ -66,6 +67,8 @@ mod refusals;
 mod scale;
 #[path = "integration/strict_http.rs"]
 mod strict_http;
+#[path = "integration/topic_lifecycle.rs"]
+mod topic_lifecycle;
 #[path = "integration/topics.rs"]
 mod topics;
 #[path = "integration/violations.rs"]

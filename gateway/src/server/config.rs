@@ -63,10 +63,21 @@ pub struct Config {
     /// number the operator sets, aside). When it is reached the oldest history across topics
     /// goes first; a `since` that needed it gets a `gap`. Default 256 MiB.
     pub history_memory: usize,
-    /// Topics that clients (subscriptions, chat rooms, publishing) may create in all; past it a
-    /// new name is refused (503, or an error on `/ws`). Topics are never forgotten, so this
-    /// bounds the hub's memory. Default 100,000.
+    /// Topics that clients (subscriptions, chat rooms, publishing) may hold at once; past it a
+    /// new name is refused (503, or an error on `/ws`). Idle topics are forgotten after
+    /// `topic_ttl`, so this bounds the hub's memory without holding it for good. Default
+    /// 100,000.
     pub max_topics: usize,
+    /// A topic with no subscriber and no publish for this long is forgotten (its history
+    /// freed; re-created later under a new epoch). Configured file and log feeds never are.
+    /// Default 60 s.
+    pub topic_ttl: Duration,
+    /// New topics one connection may create at once (a `/ws` subscribe or publish, or
+    /// `POST /publish` on a kept-alive connection, to a name not yet held); refill at
+    /// `topic_rate`. Past it: a `/ws` error, or 503 with `Retry-After`. Default 64.
+    pub topic_burst: u32,
+    /// New topics per second one connection may create once its burst is spent. Default 1.
+    pub topic_rate: u32,
     /// Bytes of published messages (payload plus a fixed overhead each) waiting in one worker's
     /// mailbox, past which publishers are pushed back: `POST /publish` answers 503 with
     /// `Retry-After`, a `/ws` publish gets an `error`, chat clients are not read until the
@@ -141,6 +152,9 @@ impl Default for Config {
             history: HistoryConfig::default(),
             history_memory: 256 * 1024 * 1024,
             max_topics: 100_000,
+            topic_ttl: Duration::from_secs(60),
+            topic_burst: 64,
+            topic_rate: 1,
             max_backlog: 16 * 1024 * 1024,
             flush_interval: Duration::from_millis(10),
             publish_token: None,

@@ -36,15 +36,31 @@ pub(super) enum Phase {
 pub(super) struct Ws {
     pub session: ServerSession,
     pub route: Route,
-    /// The first topic this connection subscribed to ([`NO_TOPIC`] when none). A chat or feed
+    /// The first topic this connection subscribed to ([`FirstTopic::NONE`] when none). A chat or feed
     /// socket follows exactly one, kept here; a `/ws` connection's further topics are in the
     /// worker's side table, so no connection's topic list costs a heap allocation of its own
     /// unless it follows several.
-    pub first_topic: TopicId,
+    pub first_topic: FirstTopic,
 }
 
-/// No topic.
-pub(super) const NO_TOPIC: TopicId = TopicId::MAX;
+/// The slot ([`crate::topics::slot_of`]) of a connection's first topic: unique among live
+/// topics, and the topic is live while the connection follows it; the worker's subscription
+/// table gives its full id. 32 bits, so `Conn` stays within its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FirstTopic(u32);
+
+impl FirstTopic {
+    /// No topic.
+    pub const NONE: FirstTopic = FirstTopic(u32::MAX);
+
+    pub fn new(id: TopicId) -> FirstTopic {
+        FirstTopic(crate::topics::slot_of(id))
+    }
+
+    pub fn slot(self) -> Option<u32> {
+        (self != Self::NONE).then_some(self.0)
+    }
+}
 
 /// A connection: its slab entry is all an idle connection costs in user space.
 #[derive(Debug)]

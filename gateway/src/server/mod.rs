@@ -119,6 +119,7 @@ impl Server {
                     max_topics: config.max_topics,
                     max_backlog: config.max_backlog,
                     history_memory: config.history_memory,
+                    topic_ttl: config.topic_ttl,
                 },
             )),
             live: reload::LiveConfig::new(config.clone()),
@@ -376,7 +377,8 @@ impl Reloader {
                 )),
             }
         }
-        self.shared.hub.set_limits(now.max_topics, now.max_backlog);
+        let hub = &self.shared.hub;
+        hub.set_limits(now.max_topics, now.max_backlog, now.topic_ttl);
         // Idle workers pick the new configuration up at once rather than at their next event.
         for w in &self.wakers {
             w.wake();

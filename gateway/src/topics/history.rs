@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::{HistoryConfig, HubInner, Published, TopicId, TopicKind};
+use super::{HistoryConfig, HubInner, Published, Topic, TopicId, TopicKind};
 
 /// The accounting of all stream topics' history.
 #[derive(Debug, Default)]
@@ -41,7 +41,9 @@ pub(super) fn append(
     msg: Arc<Published>,
 ) {
     let HubInner { topics, memory, .. } = inner;
-    let topic = &mut topics[msg.topic as usize];
+    let Some(topic) = topics.get_mut(&msg.topic) else {
+        return;
+    };
     let counted = topic.kind == TopicKind::Stream;
     let len = msg.payload.len();
     if counted {
@@ -69,6 +71,14 @@ pub(super) fn append(
     compact(inner);
 }
 
+/// Takes a forgotten topic's history out of the accounting (its queue entries are stale now).
+pub(super) fn release(memory: &mut Memory, topic: &Topic) {
+    if topic.kind == TopicKind::Stream {
+        memory.bytes -= topic.history_bytes;
+        memory.live -= topic.history.len();
+    }
+}
+
 /// Drops the oldest history across topics until all of it fits in `cap` bytes.
 fn evict_oldest(inner: &mut HubInner, cap: usize) {
     let HubInner { topics, memory, .. } = inner;
@@ -76,8 +86,11 @@ fn evict_oldest(inner: &mut HubInner, cap: usize) {
         let Some((id, seq)) = memory.order.pop_front() else {
             break;
         };
-        let topic = &mut topics[id as usize];
-        // Still there only if it is the topic's oldest (older ones left first); else stale.
+        // Still there only if it is the topic's oldest (older ones left first); else stale
+        // (or its topic was forgotten).
+        let Some(topic) = topics.get_mut(&id) else {
+            continue;
+        };
         if topic.history.front().is_some_and(|m| m.seq == seq) {
             let old = topic.history.pop_front().expect("checked above");
             topic.history_bytes -= old.payload.len();
@@ -95,9 +108,9 @@ fn compact(inner: &mut HubInner) {
     }
     // A topic's history holds consecutive sequence numbers from its front on.
     memory.order.retain(|&(id, seq)| {
-        topics[id as usize]
-            .history
-            .front()
+        topics
+            .get(&id)
+            .and_then(|t| t.history.front())
             .is_some_and(|m| m.seq <= seq)
     });
 }
@@ -105,7 +118,7 @@ fn compact(inner: &mut HubInner) {
 #[cfg(test)]
 mod tests {
     use crate::proto::MessageKind;
-    use crate::topics::{HistoryConfig, Hub, HubLimits, TopicKind};
+    use crate::topics::{HistoryConfig, Hub, HubLimits, Resume, TopicKind};
 
     fn hub(cap: usize) -> Hub {
         let limits = HubLimits {
@@ -123,11 +136,17 @@ mod tests {
         }
         // 160 bytes published, cap 100: a's first and b's message went, oldest first.
         assert_eq!(hub.history_bytes(), 80);
-        let a = hub.subscribe(hub.topic("a", TopicKind::Stream), Some(0));
+        let a = hub
+            .subscribe(hub.topic("a", TopicKind::Stream), Resume::since(Some(0)))
+            .unwrap();
         assert_eq!((a.replay.len(), a.gap_until), (1, Some(2)));
-        let b = hub.subscribe(hub.topic("b", TopicKind::Stream), Some(0));
+        let b = hub
+            .subscribe(hub.topic("b", TopicKind::Stream), Resume::since(Some(0)))
+            .unwrap();
         assert_eq!((b.replay.len(), b.gap_until), (0, Some(2)));
-        let c = hub.subscribe(hub.topic("c", TopicKind::Stream), Some(0));
+        let c = hub
+            .subscribe(hub.topic("c", TopicKind::Stream), Resume::since(Some(0)))
+            .unwrap();
         assert_eq!((c.replay.len(), c.gap_until), (1, None));
     }
 

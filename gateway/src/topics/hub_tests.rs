@@ -1,6 +1,7 @@
 //! The hub's unit tests: names, sequence numbers, history, limits, backpressure, frames.
 
 use super::*;
+use crate::proto::Compressor;
 
 #[test]
 fn topic_names() {
@@ -34,11 +35,11 @@ fn sequence_history_and_replay() {
     }
     let id = hub.topic("chat/a", TopicKind::Stream);
     // History holds 3..=5: since 3 replays 4 and 5, no gap.
-    let s = hub.subscribe(id, Some(3));
+    let s = hub.subscribe(id, Resume::since(Some(3))).unwrap();
     assert_eq!(s.replay.iter().map(|m| m.seq).collect::<Vec<_>>(), [4, 5]);
     assert_eq!((s.last_seq, s.gap_until), (5, None));
     // Since 1: message 2 is gone, so the gap is reported.
-    let s = hub.subscribe(id, Some(1));
+    let s = hub.subscribe(id, Resume::since(Some(1))).unwrap();
     assert_eq!(
         s.replay.iter().map(|m| m.seq).collect::<Vec<_>>(),
         [3, 4, 5]
@@ -58,19 +59,20 @@ fn clients_cannot_create_topics_past_the_limit() {
         ..HubLimits::default()
     };
     let hub = Hub::with_limits(HistoryConfig::default(), limits);
-    assert!(hub.try_topic("a", TopicKind::Stream).is_some());
+    let join = |name: &str| hub.join(name, TopicKind::Stream, Resume::default(), true);
+    assert!(join("a").is_ok());
     assert!(
-        hub.try_publish("b", MessageKind::Text, b"x".to_vec().into())
+        hub.try_publish("b", MessageKind::Text, b"x".to_vec().into(), true)
             .is_ok()
     );
-    assert_eq!(hub.try_topic("c", TopicKind::Stream), None);
+    assert_eq!(join("c").err(), Some(Refused::TooManyTopics));
     assert_eq!(
-        hub.try_publish("c", MessageKind::Text, b"x".to_vec().into()),
+        hub.try_publish("c", MessageKind::Text, b"x".to_vec().into(), true),
         Err(Refused::TooManyTopics)
     );
     // Existing topics stay usable; lookups create nothing.
     assert!(
-        hub.try_publish("a", MessageKind::Text, b"x".to_vec().into())
+        hub.try_publish("a", MessageKind::Text, b"x".to_vec().into(), true)
             .is_ok()
     );
     assert_eq!(hub.find("c"), None);
@@ -92,25 +94,31 @@ fn publishers_are_pushed_back_while_a_backlog_is_over_the_limit() {
     hub.set_mailboxes(vec![to_worker]);
     let body = || vec![b'x'; 100].into_boxed_slice();
     let mut accepted = 0;
-    while hub.try_publish("t", MessageKind::Text, body()).is_ok() {
+    while hub
+        .try_publish("t", MessageKind::Text, body(), true)
+        .is_ok()
+    {
         accepted += 1;
         assert!(accepted <= 5, "the backlog bound holds");
     }
     assert_eq!(accepted, 5, "refused once over 4 messages' worth");
     assert_eq!(
-        hub.try_publish("t", MessageKind::Text, body()),
+        hub.try_publish("t", MessageKind::Text, body(), true),
         Err(Refused::Busy)
     );
     let id = hub.find("t").unwrap();
-    assert_eq!(hub.publish_id(id, MessageKind::Text, body()).seq, 6);
+    assert_eq!(
+        hub.publish_id(id, MessageKind::Text, body()).unwrap().seq,
+        6
+    );
     assert_eq!(hub.backlog().0, 6);
     while let Some(m) = inbox.next() {
         inbox.done(&m);
     }
     assert!(!inbox.is_pending() && !hub.congested());
     assert_eq!(
-        hub.try_publish("t", MessageKind::Text, body())
-            .map(|r| r.seq),
+        hub.try_publish("t", MessageKind::Text, body(), true)
+            .map(|(r, _)| r.seq),
         Ok(7)
     );
 }
@@ -125,7 +133,7 @@ fn history_bounded_by_bytes_but_keeps_the_newest() {
     hub.publish("t", MessageKind::Binary, vec![0; 6].into());
     hub.publish("t", MessageKind::Binary, vec![0; 50].into());
     let id = hub.topic("t", TopicKind::Stream);
-    let s = hub.subscribe(id, Some(0));
+    let s = hub.subscribe(id, Resume::since(Some(0))).unwrap();
     assert_eq!(s.replay.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
     assert_eq!(s.gap_until, Some(3));
 }
@@ -136,7 +144,7 @@ fn latest_topics_keep_only_the_newest_message_and_its_stamp() {
     let id = hub.topic("file/a", TopicKind::Latest);
     hub.publish_stamped(id, MessageKind::Text, b"v1".to_vec().into(), 10);
     hub.publish_stamped(id, MessageKind::Text, b"v2".to_vec().into(), 20);
-    let s = hub.subscribe(id, Some(0));
+    let s = hub.subscribe(id, Resume::since(Some(0))).unwrap();
     assert_eq!(s.replay.len(), 1);
     assert_eq!((&*s.replay[0].payload, s.replay[0].stamp), (&b"v2"[..], 20));
     assert_eq!(s.gap_until, Some(2));
@@ -175,4 +183,102 @@ fn frames_are_encoded_once_per_shape() {
     inf.inflate(&z[2..], &mut out, 1 << 20).unwrap();
     inf.finish(&mut out, 1 << 20).unwrap();
     assert_eq!(out, text.as_bytes());
+}
+
+fn ttl_hub(ttl: Duration) -> Hub {
+    let limits = HubLimits {
+        topic_ttl: ttl,
+        ..HubLimits::default()
+    };
+    Hub::with_limits(HistoryConfig::default(), limits)
+}
+
+#[test]
+fn idle_topics_are_forgotten_with_their_history_and_come_back_with_a_new_epoch() {
+    let hub = ttl_hub(Duration::from_millis(50));
+    let first = hub.publish("news/a", MessageKind::Text, vec![b'x'; 100].into());
+    let pinned = hub.topic("log/app", TopicKind::Stream);
+    hub.publish_id(pinned, MessageKind::Text, b"line".to_vec().into());
+    let (followed, _) = hub
+        .join("news/b", TopicKind::Stream, Resume::default(), true)
+        .unwrap();
+    assert_eq!(hub.history_bytes(), 104);
+    std::thread::sleep(Duration::from_millis(120));
+    hub.expire_idle();
+    // news/a went; the feed is pinned and news/b has a subscriber.
+    assert_eq!(hub.topic_counts(), (2, 1));
+    assert_eq!(hub.find("news/a"), None);
+    assert_eq!(hub.history_bytes(), 4);
+    assert!(
+        hub.publish_id(first.topic, MessageKind::Text, b"x".to_vec().into())
+            .is_none()
+    );
+    let again = hub.publish("news/a", MessageKind::Text, b"y".to_vec().into());
+    assert_eq!(again.seq, 1, "numbering restarts");
+    assert_ne!((again.topic, again.epoch), (first.topic, first.epoch));
+    // Once its subscriber leaves, news/b goes too, a TTL later.
+    hub.unsubscribe(followed.topic);
+    std::thread::sleep(Duration::from_millis(120));
+    hub.expire_idle();
+    assert_eq!(hub.find("news/b"), None);
+    assert!(hub.find("log/app").is_some());
+}
+
+#[test]
+fn a_publish_keeps_an_idle_topic() {
+    let hub = ttl_hub(Duration::from_millis(100));
+    hub.publish("t", MessageKind::Text, b"1".to_vec().into());
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(40));
+        hub.publish("t", MessageKind::Text, b"x".to_vec().into());
+        hub.expire_idle();
+    }
+    let id = hub.find("t").expect("kept while published to");
+    let s = hub.subscribe(id, Resume::since(Some(0))).unwrap();
+    assert_eq!(s.replay.len(), 5);
+}
+
+#[test]
+fn a_since_from_another_epoch_or_beyond_the_last_seq_is_a_reset() {
+    let hub = Hub::new(HistoryConfig::default());
+    let r = hub.publish("t", MessageKind::Text, b"1".to_vec().into());
+    hub.publish("t", MessageKind::Text, b"2".to_vec().into());
+    let epoch = r.epoch.to_string();
+    assert_eq!(epoch.len(), 12);
+    let resume = |since, epoch| Resume {
+        since: Some(since),
+        epoch,
+    };
+    let ok = hub.subscribe(r.topic, resume(1, Some(&epoch))).unwrap();
+    assert!(!ok.reset);
+    assert_eq!(ok.replay.len(), 1);
+    for (since, e) in [(1, Some("000000000000")), (1, Some("nonsense")), (3, None)] {
+        let s = hub.subscribe(r.topic, resume(since, e)).unwrap();
+        assert!(s.reset, "{since} {e:?}");
+        assert!(s.replay.is_empty() && s.gap_until.is_none());
+        assert_eq!((s.last_seq, s.epoch), (2, r.epoch));
+    }
+    // Another hub (a restart) numbers the same topic in another epoch.
+    let other = Hub::new(HistoryConfig::default());
+    let r2 = other.publish("t", MessageKind::Text, b"1".to_vec().into());
+    assert_eq!(r2.topic, r.topic);
+    assert_ne!(r2.epoch, r.epoch);
+}
+
+#[test]
+fn a_refused_creation_creates_nothing() {
+    let hub = Hub::new(HistoryConfig::default());
+    let refused = hub.join("a", TopicKind::Stream, Resume::default(), false);
+    assert_eq!(refused.err(), Some(Refused::CreateRate));
+    assert_eq!(
+        hub.try_publish("b", MessageKind::Text, b"x".to_vec().into(), false),
+        Err(Refused::CreateRate)
+    );
+    assert_eq!(hub.topic_counts().0, 0);
+    // Existing topics need no allowance.
+    hub.publish("a", MessageKind::Text, b"x".to_vec().into());
+    assert!(
+        hub.join("a", TopicKind::Stream, Resume::default(), false)
+            .is_ok()
+    );
 }

@@ -31,7 +31,7 @@ impl Hub {
         // "Better" is more subscribers, then the smaller name.
         let mut best = BinaryHeap::with_capacity(limit + 1);
         let mut matching = 0;
-        for (id, t) in inner.topics.iter().enumerate() {
+        for (id, t) in inner.topics.iter() {
             if !t.name.starts_with(prefix) {
                 continue;
             }
@@ -45,7 +45,11 @@ impl Hub {
             .into_sorted_vec()
             .into_iter()
             .map(|Reverse((subs, Reverse(name), id))| {
-                (name.to_owned(), subs, inner.topics[id].last_seq)
+                (
+                    name.to_owned(),
+                    subs,
+                    inner.topics.get(&id).map_or(0, |t| t.last_seq),
+                )
             })
             .collect();
         TopicPage {
@@ -60,7 +64,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::proto::MessageKind;
-    use crate::topics::{HistoryConfig, TopicKind};
+    use crate::topics::{HistoryConfig, Resume, TopicKind};
 
     #[test]
     fn most_followed_first_then_by_name_within_the_prefix() {
@@ -70,9 +74,9 @@ mod tests {
         }
         let a2 = hub.topic("a/2", TopicKind::Stream);
         let a4 = hub.topic("a/4", TopicKind::Stream);
-        hub.subscribe(a2, None);
-        hub.subscribe(a2, None);
-        hub.subscribe(a4, None);
+        hub.subscribe(a2, Resume::default());
+        hub.subscribe(a2, Resume::default());
+        hub.subscribe(a4, Resume::default());
         let page = hub.top_topics("a/", 3);
         assert_eq!((page.total, page.matching), (5, 4));
         let names: Vec<_> = page.top.iter().map(|t| t.0.as_str()).collect();

@@ -12,20 +12,28 @@
 //! multiplexed `/ws` socket, and each of those compressed once per negotiated window size.
 
 mod history;
+mod lifecycle;
 pub mod listing;
 pub mod local;
 pub mod mailbox;
+mod published;
+mod table;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use crate::proto::{Compressor, HeaderBuf, MessageKind};
+use crate::proto::MessageKind;
+pub use lifecycle::Epoch;
 pub use listing::{INDEX_TOPICS, TopicPage};
 pub use mailbox::{Inbox, Mailbox};
+pub use published::{Published, Style};
 
-/// Index of a topic in the hub; stable for the life of the process.
-pub type TopicId = u32;
+/// A topic's id in the hub: a slot and its generation, so the id of a forgotten topic never
+/// names a later one ([`table`]).
+pub type TopicId = u64;
+pub use table::slot_of;
 
 /// Longest topic name accepted.
 pub const MAX_TOPIC_LEN: usize = 128;
@@ -73,111 +81,30 @@ impl Default for HistoryConfig {
     }
 }
 
-/// The frame shapes a subscriber can receive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
-    /// The payload as it was published, in a text or binary frame.
-    Raw,
-    /// `{"topic":..,"seq":..,"data":..}` in a text frame (the `/ws` protocol).
-    Envelope,
-}
-
-/// One published message, shared by every worker and subscriber that holds it.
-#[derive(Debug)]
-pub struct Published {
-    pub topic: TopicId,
-    pub name: Arc<str>,
-    pub seq: u64,
-    pub kind: MessageKind,
-    pub topic_kind: TopicKind,
-    pub payload: Box<[u8]>,
-    /// A version stamp the publisher may set (0 when unused): for `file/..` topics, the file's
-    /// modification time in nanoseconds, which `/ws/file/{name}?lastMod=` compares against.
-    pub stamp: u64,
-    /// When it was published (for the delivery latency histogram).
-    pub at: std::time::Instant,
-    /// Encoded frames: [style][0 = uncompressed, 1..=8 = window bits 8..=15].
-    frames: [[OnceLock<Arc<[u8]>>; 9]; 2],
-}
-
-impl Published {
-    fn new(
-        topic: TopicId,
-        name: Arc<str>,
-        seq: u64,
-        kind: MessageKind,
-        topic_kind: TopicKind,
-        payload: Box<[u8]>,
-        stamp: u64,
-    ) -> Self {
-        Published {
-            topic,
-            name,
-            seq,
-            kind,
-            topic_kind,
-            payload,
-            stamp,
-            at: std::time::Instant::now(),
-            frames: Default::default(),
-        }
-    }
-
-    /// The message body of a shape, before framing.
-    fn body(&self, style: Style) -> (MessageKind, std::borrow::Cow<'_, [u8]>) {
-        match style {
-            Style::Raw => (self.kind, std::borrow::Cow::Borrowed(&self.payload)),
-            Style::Envelope => (MessageKind::Text, std::borrow::Cow::Owned(self.envelope())),
-        }
-    }
-
-    /// The `/ws` envelope. Text payloads travel as a JSON string; binary ones as base64 with
-    /// `"binary":true`.
-    pub fn envelope(&self) -> Vec<u8> {
-        let data = match (self.kind, std::str::from_utf8(&self.payload)) {
-            (MessageKind::Text, Ok(text)) => {
-                serde_json::json!({"topic": &*self.name, "seq": self.seq, "data": text})
-            }
-            _ => {
-                use base64::Engine as _;
-                let b64 = base64::engine::general_purpose::STANDARD.encode(&self.payload);
-                serde_json::json!({"topic": &*self.name, "seq": self.seq, "data": b64, "binary": true})
-            }
-        };
-        serde_json::to_vec(&data).expect("JSON of strings and numbers")
-    }
-
-    /// The frame for `style`, encoded on first use and shared afterwards. With `deflate`
-    /// (window bits and the worker's compressor) the frame is compressed when that is worth it
-    /// ([`Compressor::encode`]).
-    pub fn frame(&self, style: Style, deflate: Option<(u8, &mut Compressor)>) -> Arc<[u8]> {
-        let col = deflate
-            .as_ref()
-            .map_or(0, |(bits, _)| usize::from(bits.clamp(&8, &15) - 7));
-        let slot = &self.frames[style as usize][col];
-        slot.get_or_init(|| {
-            let (kind, body) = self.body(style);
-            let (rsv1, bytes) = match deflate {
-                Some((bits, c)) => c.encode(Some(bits), &body),
-                None => (false, &body[..]),
-            };
-            let header = HeaderBuf::new(kind.opcode(), rsv1, None, bytes.len());
-            let mut out = Vec::with_capacity(header.as_bytes().len() + bytes.len());
-            out.extend_from_slice(header.as_bytes());
-            out.extend_from_slice(bytes);
-            out.into()
-        })
-        .clone()
-    }
-}
-
 /// The answer to a publish: what `POST /publish/{topic}` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
     pub topic: TopicId,
     pub seq: u64,
+    /// The numbering `seq` belongs to.
+    pub epoch: Epoch,
     /// Subscribers across all workers when the message was published.
     pub subscribers: usize,
+}
+
+/// Where a `/ws` subscriber says it left off: the last sequence number it got, and the epoch
+/// that number belongs to (if it knows it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resume<'a> {
+    pub since: Option<u64>,
+    pub epoch: Option<&'a str>,
+}
+
+impl Resume<'_> {
+    /// From `since` only (feeds, tests).
+    pub fn since(since: Option<u64>) -> Resume<'static> {
+        Resume { since, epoch: None }
+    }
 }
 
 /// What a new subscriber gets: the messages to replay and where the live stream starts.
@@ -186,11 +113,15 @@ pub struct Subscription {
     pub topic: TopicId,
     /// The last sequence number already published; live delivery continues after it.
     pub last_seq: u64,
+    pub epoch: Epoch,
     /// History to send first (only when `since` was given), oldest first.
     pub replay: Vec<Arc<Published>>,
     /// Set when the history no longer holds everything after `since`: the first sequence
     /// number that is still available (messages between `since` and it are lost).
     pub gap_until: Option<u64>,
+    /// The `since` given belongs to another numbering (another epoch, or beyond the last
+    /// sequence number): nothing is replayed and the client is told to start over.
+    pub reset: bool,
 }
 
 #[derive(Debug)]
@@ -201,21 +132,35 @@ struct Topic {
     history: VecDeque<Arc<Published>>,
     history_bytes: usize,
     subscribers: usize,
+    /// Created, published to, or left by its last subscriber ([`lifecycle`]).
+    last_active: Instant,
+    /// An operator's topic (a configured feed): never forgotten.
+    pinned: bool,
+    /// In the idle queue.
+    queued: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct HubInner {
     by_name: HashMap<Arc<str>, TopicId>,
-    topics: Vec<Topic>,
+    topics: table::Table,
+    /// Topics that went idle, oldest first, to check for forgetting ([`lifecycle`]).
+    idle: VecDeque<(TopicId, Instant)>,
+    /// How long an idle topic is kept (`--topic-ttl`).
+    ttl: Duration,
+    /// Topics forgotten so far.
+    forgotten: u64,
     /// The history of all stream topics together.
     memory: history::Memory,
 }
 
-/// Why a publish from a client or backend was refused.
+/// Why a publish or subscription from a client or backend was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     /// The topic is new and the hub holds its limit of topics.
     TooManyTopics,
+    /// The topic is new and the connection asking has used up its allowance of new topics.
+    CreateRate,
     /// A worker's backlog is over its limit: retry after a moment.
     Busy,
 }
@@ -230,6 +175,8 @@ pub struct HubLimits {
     pub max_backlog: usize,
     /// Payload bytes of the history of all stream topics together ([`history`]).
     pub history_memory: usize,
+    /// How long a topic with no subscriber and no publish is kept ([`lifecycle`]).
+    pub topic_ttl: Duration,
 }
 
 impl Default for HubLimits {
@@ -238,6 +185,7 @@ impl Default for HubLimits {
             max_topics: usize::MAX,
             max_backlog: usize::MAX,
             history_memory: usize::MAX,
+            topic_ttl: Duration::MAX,
         }
     }
 }
@@ -252,6 +200,8 @@ pub struct Hub {
     /// `limits.max_topics` and `limits.max_backlog` as they are now ([`Hub::set_limits`]).
     max_topics: AtomicUsize,
     max_backlog: AtomicUsize,
+    /// The key of this process's epochs.
+    epoch_key: u64,
 }
 
 impl Hub {
@@ -260,26 +210,34 @@ impl Hub {
         Self::with_limits(history, HubLimits::default())
     }
 
-    /// A hub on which clients may create at most `max_topics` topics (topics are never
-    /// forgotten, since their sequence numbers must not restart, so without a cap a client
-    /// subscribing to ever new names would grow the hub without bound), and whose refusable
-    /// publishes are refused while a worker's backlog is over `max_backlog`.
+    /// A hub on which clients may create at most `max_topics` topics at a time (idle ones are
+    /// forgotten after `topic_ttl`), and whose refusable publishes are refused while a worker's
+    /// backlog is over `max_backlog`.
     pub fn with_limits(history: HistoryConfig, limits: HubLimits) -> Hub {
         Hub {
-            inner: Mutex::default(),
+            inner: Mutex::new(HubInner {
+                by_name: HashMap::new(),
+                topics: table::Table::default(),
+                idle: VecDeque::new(),
+                ttl: limits.topic_ttl,
+                forgotten: 0,
+                memory: history::Memory::default(),
+            }),
             mailboxes: OnceLock::new(),
             history,
             limits,
             max_topics: AtomicUsize::new(limits.max_topics),
             max_backlog: AtomicUsize::new(limits.max_backlog),
+            epoch_key: lifecycle::random_key(),
         }
     }
 
-    /// Changes the topic and backlog limits of a running hub (a configuration reload). Topics
-    /// over a lowered `max_topics` stay; only new names are refused.
-    pub fn set_limits(&self, max_topics: usize, max_backlog: usize) {
+    /// Changes the topic and backlog limits and the topic TTL of a running hub (a configuration
+    /// reload). Topics over a lowered `max_topics` stay; only new names are refused.
+    pub fn set_limits(&self, max_topics: usize, max_backlog: usize, topic_ttl: Duration) {
         self.max_topics.store(max_topics, Ordering::Relaxed);
         self.max_backlog.store(max_backlog, Ordering::Relaxed);
+        self.lock().ttl = topic_ttl;
     }
 
     /// Whether a worker's backlog is over the limit: publishers are pushed back until the
@@ -311,25 +269,46 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The id of a topic, creating it on first use. The caller has checked the name. For names
-    /// the operator chose (configured feeds); names from clients go through [`Hub::try_topic`].
+    /// The epoch of a topic id.
+    pub fn epoch(&self, id: TopicId) -> Epoch {
+        Epoch::of(self.epoch_key, id)
+    }
+
+    /// The id of a topic, creating it on first use, pinned: an operator's topic (a configured
+    /// feed) is never forgotten. The caller has checked the name. Names from clients go
+    /// through [`Hub::join`] and [`Hub::try_publish`].
     pub fn topic(&self, name: &str, kind: TopicKind) -> TopicId {
-        Self::intern(&mut self.lock(), name, kind)
-    }
-
-    /// [`Hub::topic`], but `None` when the topic is new and the hub already holds its limit.
-    pub fn try_topic(&self, name: &str, kind: TopicKind) -> Option<TopicId> {
         let mut inner = self.lock();
-        self.try_intern(&mut inner, name, kind)
+        let id = Self::intern(&mut inner, name, kind);
+        if let Some(t) = inner.topics.get_mut(&id) {
+            t.pinned = true;
+        }
+        id
     }
 
-    fn try_intern(&self, inner: &mut HubInner, name: &str, kind: TopicKind) -> Option<TopicId> {
-        if !inner.by_name.contains_key(name)
-            && inner.topics.len() >= self.max_topics.load(Ordering::Relaxed)
-        {
-            return None;
+    /// The id of a topic, creating it if new, unless it is new and either the hub holds its
+    /// limit or the asker may not create one (`may_create`). Also says whether it was created.
+    fn try_intern(
+        &self,
+        inner: &mut HubInner,
+        name: &str,
+        kind: TopicKind,
+        may_create: bool,
+    ) -> Result<(TopicId, bool), Refused> {
+        if let Some(&id) = inner.by_name.get(name) {
+            return Ok((id, false));
         }
-        Some(Self::intern(inner, name, kind))
+        if !may_create {
+            return Err(Refused::CreateRate);
+        }
+        let now = Instant::now();
+        lifecycle::expire(inner, now);
+        if inner.topics.len() >= self.max_topics.load(Ordering::Relaxed) {
+            return Err(Refused::TooManyTopics);
+        }
+        let id = Self::intern(inner, name, kind);
+        lifecycle::went_idle(inner, id, now);
+        Ok((id, true))
     }
 
     /// The id of an existing topic.
@@ -341,15 +320,17 @@ impl Hub {
         if let Some(&id) = inner.by_name.get(name) {
             return id;
         }
-        let id = inner.topics.len() as TopicId;
         let name: Arc<str> = name.into();
-        inner.topics.push(Topic {
+        let id = inner.topics.insert(Topic {
             name: name.clone(),
             kind,
             last_seq: 0,
             history: VecDeque::new(),
             history_bytes: 0,
             subscribers: 0,
+            last_active: Instant::now(),
+            pinned: false,
+            queued: false,
         });
         inner.by_name.insert(name, id);
         id
@@ -359,42 +340,56 @@ impl Hub {
     /// worker.
     pub fn publish(&self, name: &str, kind: MessageKind, payload: Box<[u8]>) -> Receipt {
         let mut inner = self.lock();
-        let id = Self::intern(&mut inner, name, TopicKind::Stream);
+        let id = match self.try_intern(&mut inner, name, TopicKind::Stream, true) {
+            Ok((id, _)) => id,
+            Err(_) => Self::intern(&mut inner, name, TopicKind::Stream),
+        };
         self.publish_locked(&mut inner, id, kind, payload, 0)
+            .expect("the topic exists under the lock")
     }
 
     /// [`Hub::publish`] for names from clients and backends: refused when the topic is new and
-    /// the hub already holds its limit of topics, or while a worker's backlog is over its limit.
+    /// the hub already holds its limit of topics or the asker may not create one
+    /// (`may_create`), or while a worker's backlog is over its limit. Also says whether the
+    /// topic was created.
     pub fn try_publish(
         &self,
         name: &str,
         kind: MessageKind,
         payload: Box<[u8]>,
-    ) -> Result<Receipt, Refused> {
+        may_create: bool,
+    ) -> Result<(Receipt, bool), Refused> {
         if self.congested() {
             return Err(Refused::Busy);
         }
         let mut inner = self.lock();
-        let id = self
-            .try_intern(&mut inner, name, TopicKind::Stream)
-            .ok_or(Refused::TooManyTopics)?;
-        Ok(self.publish_locked(&mut inner, id, kind, payload, 0))
+        let (id, created) = self.try_intern(&mut inner, name, TopicKind::Stream, may_create)?;
+        let receipt = self
+            .publish_locked(&mut inner, id, kind, payload, 0)
+            .expect("the topic exists under the lock");
+        Ok((receipt, created))
     }
 
-    /// Publishes to a topic by id.
-    pub fn publish_id(&self, id: TopicId, kind: MessageKind, payload: Box<[u8]>) -> Receipt {
+    /// Publishes to a topic by id; `None` if it was forgotten.
+    pub fn publish_id(
+        &self,
+        id: TopicId,
+        kind: MessageKind,
+        payload: Box<[u8]>,
+    ) -> Option<Receipt> {
         let mut inner = self.lock();
         self.publish_locked(&mut inner, id, kind, payload, 0)
     }
 
-    /// Publishes to a topic by id with a version stamp ([`Published::stamp`]).
+    /// Publishes to a topic by id with a version stamp ([`Published::stamp`]); `None` if it was
+    /// forgotten.
     pub fn publish_stamped(
         &self,
         id: TopicId,
         kind: MessageKind,
         payload: Box<[u8]>,
         stamp: u64,
-    ) -> Receipt {
+    ) -> Option<Receipt> {
         let mut inner = self.lock();
         self.publish_locked(&mut inner, id, kind, payload, stamp)
     }
@@ -406,8 +401,8 @@ impl Hub {
         kind: MessageKind,
         payload: Box<[u8]>,
         stamp: u64,
-    ) -> Receipt {
-        let topic = &mut inner.topics[id as usize];
+    ) -> Option<Receipt> {
+        let topic = inner.topics.get_mut(&id)?;
         topic.last_seq += 1;
         let msg = Arc::new(Published::new(
             id,
@@ -418,6 +413,7 @@ impl Hub {
             payload,
             stamp,
         ));
+        topic.last_active = msg.at;
         let seq = topic.last_seq;
         let subscribers = topic.subscribers;
         history::append(
@@ -429,6 +425,7 @@ impl Hub {
         let receipt = Receipt {
             topic: id,
             seq,
+            epoch: self.epoch(id),
             subscribers,
         };
         // Posted under the lock, so every worker sees one topic's messages in sequence order.
@@ -437,46 +434,96 @@ impl Hub {
                 m.post(msg.clone());
             }
         }
-        receipt
+        Some(receipt)
     }
 
-    /// Registers a subscriber. With `since`, the messages after it that the history still holds
-    /// are returned for replay.
-    pub fn subscribe(&self, id: TopicId, since: Option<u64>) -> Subscription {
+    /// Registers a subscriber of a topic by name, creating the topic if new (refused as
+    /// [`Hub::try_publish`] refuses), atomically: a topic cannot be forgotten between being
+    /// found and being subscribed to. Also says whether the topic was created.
+    pub fn join(
+        &self,
+        name: &str,
+        kind: TopicKind,
+        resume: Resume<'_>,
+        may_create: bool,
+    ) -> Result<(Subscription, bool), Refused> {
         let mut inner = self.lock();
-        let topic = &mut inner.topics[id as usize];
+        let (id, created) = self.try_intern(&mut inner, name, kind, may_create)?;
+        let sub = self
+            .subscribe_locked(&mut inner, id, resume)
+            .expect("the topic exists under the lock");
+        Ok((sub, created))
+    }
+
+    /// Registers a subscriber of a topic by id; `None` if it was forgotten. With `since`, the
+    /// messages after it that the history still holds are returned for replay; a `since` from
+    /// another epoch or beyond the last sequence number is answered with a reset instead.
+    pub fn subscribe(&self, id: TopicId, resume: Resume<'_>) -> Option<Subscription> {
+        self.subscribe_locked(&mut self.lock(), id, resume)
+    }
+
+    fn subscribe_locked(
+        &self,
+        inner: &mut HubInner,
+        id: TopicId,
+        resume: Resume<'_>,
+    ) -> Option<Subscription> {
+        let epoch = self.epoch(id);
+        let topic = inner.topics.get_mut(&id)?;
         topic.subscribers += 1;
         let mut sub = Subscription {
             topic: id,
             last_seq: topic.last_seq,
+            epoch,
             replay: Vec::new(),
             gap_until: None,
+            reset: false,
         };
-        if let Some(since) = since {
-            let since = since.min(topic.last_seq);
-            let oldest = topic.history.front().map_or(topic.last_seq + 1, |m| m.seq);
-            if since + 1 < oldest {
-                sub.gap_until = Some(oldest);
-            }
-            sub.replay = topic
-                .history
-                .iter()
-                .filter(|m| m.seq > since)
-                .cloned()
-                .collect();
+        let Some(since) = resume.since else {
+            return Some(sub);
+        };
+        if since > topic.last_seq || resume.epoch.is_some_and(|e| !epoch.matches(e)) {
+            sub.reset = true;
+            return Some(sub);
         }
-        sub
+        let oldest = topic.history.front().map_or(topic.last_seq + 1, |m| m.seq);
+        if since + 1 < oldest {
+            sub.gap_until = Some(oldest);
+        }
+        sub.replay = topic
+            .history
+            .iter()
+            .filter(|m| m.seq > since)
+            .cloned()
+            .collect();
+        Some(sub)
     }
 
     /// The newest message of a topic, if any (for "latest value" feeds).
     pub fn latest(&self, id: TopicId) -> Option<Arc<Published>> {
-        self.lock().topics[id as usize].history.back().cloned()
+        self.lock().topics.get(&id)?.history.back().cloned()
     }
 
     pub fn unsubscribe(&self, id: TopicId) {
         let mut inner = self.lock();
-        let topic = &mut inner.topics[id as usize];
+        let Some(topic) = inner.topics.get_mut(&id) else {
+            return;
+        };
         topic.subscribers = topic.subscribers.saturating_sub(1);
+        if topic.subscribers == 0 {
+            lifecycle::went_idle(&mut inner, id, Instant::now());
+        }
+    }
+
+    /// Forgets the topics idle for the TTL (also done whenever a topic is created).
+    pub fn expire_idle(&self) {
+        lifecycle::expire(&mut self.lock(), Instant::now());
+    }
+
+    /// (topics held, topics forgotten so far).
+    pub fn topic_counts(&self) -> (usize, u64) {
+        let inner = self.lock();
+        (inner.topics.len(), inner.forgotten)
     }
 
     /// Payload bytes in the history of all stream topics (`--history-memory` bounds it).
@@ -489,7 +536,7 @@ impl Hub {
         let inner = self.lock();
         let mut v: Vec<_> = inner
             .topics
-            .iter()
+            .values()
             .map(|t| (t.name.to_string(), t.subscribers, t.last_seq))
             .collect();
         v.sort();

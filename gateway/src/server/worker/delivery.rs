@@ -19,10 +19,10 @@ use serde_json::json;
 
 use super::Worker;
 use crate::proto::{CloseCode, MessageKind};
-use crate::server::conn::{NO_TOPIC, Phase};
+use crate::server::conn::{FirstTopic, Phase};
 use crate::server::stats::WorkerStats;
 use crate::topics::local::Sub;
-use crate::topics::{Published, Style, TopicId, TopicKind};
+use crate::topics::{Published, Style, Subscription, TopicId, TopicKind};
 
 /// Messages taken from the mailbox per turn; the sockets get their turn in between.
 const MAILBOX_BATCH: usize = 1024;
@@ -41,10 +41,20 @@ pub(super) enum Replay {
     Last(usize),
 }
 
-/// A subscription to make.
+impl Replay {
+    /// The `since` to ask the hub for (the feeds' replays pick from the whole history).
+    pub fn since(self) -> Option<u64> {
+        match self {
+            Replay::None => None,
+            Replay::Since(n) => Some(n),
+            Replay::LatestNewerThan(_) | Replay::Last(_) => Some(0),
+        }
+    }
+}
+
+/// What to do with a subscription the hub registered.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Subscribe<'a> {
-    pub topic: TopicId,
     pub replay: Replay,
     pub style: Style,
     /// On `/ws`, the topic's name: the client is told `subscribed` (and of any `gap`).
@@ -191,12 +201,13 @@ impl Worker {
         self.close_ws(key, CloseCode::POLICY, &reason);
     }
 
-    /// Subscribes a fresh `/ws/chat/{room}` connection to its room's topic.
-    pub(super) fn subscribe_chat(&mut self, key: usize, room: TopicId) {
+    /// Subscribes a fresh `/ws/chat/{room}` connection to its room's topic (joined in the hub
+    /// before the upgrade was accepted).
+    pub(super) fn subscribe_chat(&mut self, key: usize, room: Subscription) {
         self.subscribe(
             key,
+            room,
             Subscribe {
-                topic: room,
                 replay: Replay::None,
                 style: Style::Raw,
                 announce: None,
@@ -204,25 +215,38 @@ impl Worker {
         );
     }
 
-    /// Registers a subscription, atomically with what the history holds: on `/ws` the client
-    /// is told the sequence number the live stream continues after, and of any gap; then the
-    /// replay is sent; then live delivery starts with no gap or duplicate.
-    pub(super) fn subscribe(&mut self, key: usize, s: Subscribe<'_>) {
-        let since = match s.replay {
-            Replay::None => None,
-            Replay::Since(n) => Some(n),
-            Replay::LatestNewerThan(_) | Replay::Last(_) => Some(0),
-        };
-        let sub = self.shared.hub.subscribe(s.topic, since);
+    /// Records a subscription the hub registered (atomically with what its history holds): on
+    /// `/ws` the client is told the epoch and sequence number the live stream continues after,
+    /// and of any gap or reset; then the replay is sent; then live delivery starts with no gap
+    /// or duplicate.
+    pub(super) fn subscribe(&mut self, key: usize, sub: Subscription, s: Subscribe<'_>) {
+        let since = s.replay.since();
         let conn = self.conns[key].id(key);
-        self.add_topic(key, s.topic);
+        // Recorded before anything is sent: a replay can close the connection (slow consumer),
+        // and closing must find the subscription to end it.
+        self.local.add(
+            sub.topic,
+            Sub {
+                conn,
+                last_seq: sub.last_seq,
+                style: s.style,
+            },
+        );
+        self.add_topic(key, sub.topic);
         if let Some(name) = s.announce {
-            let mut ack = json!({"type": "subscribed", "topic": name, "seq": sub.last_seq});
+            let epoch = sub.epoch.to_string();
+            let mut ack =
+                json!({"type": "subscribed", "topic": name, "epoch": epoch, "seq": sub.last_seq});
             if let Some(since) = since {
                 ack["since"] = json!(since);
             }
             self.reply(key, &ack);
-            if let Some(first_available) = sub.gap_until {
+            if sub.reset {
+                WorkerStats::add(&self.stats().topic_resets_total, 1);
+                let reset =
+                    json!({"type": "reset", "topic": name, "epoch": epoch, "seq": sub.last_seq});
+                self.reply(key, &reset);
+            } else if let Some(first_available) = sub.gap_until {
                 let from = since.unwrap_or(0) + 1;
                 let gap =
                     json!({"type": "gap", "topic": name, "from": from, "to": first_available - 1});
@@ -240,14 +264,6 @@ impl Worker {
         for msg in replay {
             self.deliver_to(key, s.style, msg);
         }
-        self.local.add(
-            s.topic,
-            Sub {
-                conn,
-                last_seq: sub.last_seq,
-                style: s.style,
-            },
-        );
     }
 
     /// Ends one subscription of a connection; false if it had none to that topic.
@@ -263,7 +279,7 @@ impl Worker {
     /// The topics a connection follows: the first in its `Ws`, the rest in the side table.
     pub(super) fn topics_of(&self, key: usize) -> impl Iterator<Item = TopicId> + '_ {
         let first = match &self.conns[key].phase {
-            Phase::Open(ws) if ws.first_topic != NO_TOPIC => Some(ws.first_topic),
+            Phase::Open(ws) => ws.first_topic.slot().and_then(|s| self.local.id_of_slot(s)),
             _ => None,
         };
         let more = self.more_topics.get(&key).map_or(&[][..], Vec::as_slice);
@@ -272,8 +288,8 @@ impl Worker {
 
     fn add_topic(&mut self, key: usize, topic: TopicId) {
         if let Phase::Open(ws) = &mut self.conns[key].phase {
-            if ws.first_topic == NO_TOPIC {
-                ws.first_topic = topic;
+            if ws.first_topic == FirstTopic::NONE {
+                ws.first_topic = FirstTopic::new(topic);
             } else {
                 self.more_topics.entry(key).or_default().push(topic);
             }
@@ -285,11 +301,11 @@ impl Worker {
             return false;
         };
         let more = self.more_topics.get_mut(&key);
-        if ws.first_topic == topic {
+        if ws.first_topic == FirstTopic::new(topic) {
             // The first of the rest (if any) moves in.
             ws.first_topic = match more {
-                Some(v) if !v.is_empty() => v.swap_remove(0),
-                _ => NO_TOPIC,
+                Some(v) if !v.is_empty() => FirstTopic::new(v.swap_remove(0)),
+                _ => FirstTopic::NONE,
             };
         } else {
             let Some(v) = more else { return false };

@@ -12,7 +12,7 @@ use super::Worker;
 use super::delivery::{Replay, Subscribe};
 use crate::http::Route;
 use crate::server::Shared;
-use crate::topics::{Style, TopicKind};
+use crate::topics::{Resume, Style, TopicKind};
 
 /// The value of `key` in a query string (`a=1&b=2`), undecoded; the feed parameters are hex
 /// digits and numbers, which need no decoding.
@@ -85,10 +85,14 @@ impl Worker {
             _ => Replay::Last(parse_last(query_param(query, "last"))),
         };
         let id = self.shared.hub.topic(&topic, kind);
+        // A feed's topic is pinned: it is never forgotten.
+        let Some(sub) = self.shared.hub.subscribe(id, Resume::since(replay.since())) else {
+            return;
+        };
         self.subscribe(
             key,
+            sub,
             Subscribe {
-                topic: id,
                 replay,
                 style: Style::Raw,
                 announce: None,

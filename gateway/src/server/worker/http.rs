@@ -17,10 +17,13 @@ use crate::http::response::{JSON, Response, TEXT, status_text, write_refusal};
 use crate::http::{self as routes, PlainContext, Route};
 use crate::proto::handshake::{self, HandshakeError, Request, ServerPolicy};
 use crate::server::stats::WorkerStats;
-use crate::topics::{INDEX_TOPICS, Refused, TopicId, TopicKind, is_valid_topic};
+use crate::topics::{INDEX_TOPICS, Refused, Resume, Subscription, TopicKind, is_valid_topic};
 
 /// The answer when a new topic would pass `--max-topics`.
 pub(super) const TOO_MANY_TOPICS: &str = "the gateway holds its limit of topics (--max-topics)";
+/// The answer when a connection creates new topics too fast (`--topic-burst`, `--topic-rate`).
+pub(super) const CREATE_RATE: &str =
+    "this connection creates new topics too fast (--topic-burst, --topic-rate): retry shortly";
 /// The answer to a publish while the workers are behind (`--max-backlog`).
 pub(super) const BUSY: &str = "the gateway is delivering a backlog (--max-backlog): retry shortly";
 
@@ -149,8 +152,8 @@ impl Worker {
         if route == Route::Command {
             self.reserve_command()?;
         }
-        // The room's topic is created only for an accepted upgrade, so refused requests
-        // create nothing.
+        // The room's topic is created (and joined) only for an accepted upgrade, so refused
+        // requests create nothing.
         let room = match route {
             Route::Chat => Some(self.chat_room(param)?),
             _ => None,
@@ -178,12 +181,21 @@ impl Worker {
         Ok(())
     }
 
-    /// The room's topic, created now if new; refused (503) while the hub holds its limit.
-    fn chat_room(&self, room: &str) -> Result<TopicId, Refusal> {
-        self.shared
+    /// Joins the room's topic, created now if new; refused (503) while the hub holds its
+    /// limit. A chat socket creates at most its room, so it is not charged for it.
+    fn chat_room(&self, room: &str) -> Result<Subscription, Refusal> {
+        let name = format!("chat/{room}");
+        match self
+            .shared
             .hub
-            .try_topic(&format!("chat/{room}"), TopicKind::Stream)
-            .ok_or(Refusal::Status(503))
+            .join(&name, TopicKind::Stream, Resume::default(), true)
+        {
+            Ok((sub, _)) => Ok(sub),
+            Err(_) => {
+                WorkerStats::add(&self.stats().topics_refused_limit_total, 1);
+                Err(Refusal::Status(503))
+            }
+        }
     }
 
     fn answer_plain(&mut self, key: usize, req: &Request<'_, '_>, route: Route, param: &str) {
@@ -210,6 +222,16 @@ impl Worker {
                     "commands_running",
                     "command processes running (spawned, not yet reaped), against --max-commands",
                     shared.running_commands.load(Ordering::Relaxed) as u64,
+                ),
+                (
+                    "topics",
+                    "topics held (created by clients, backends or feeds, not yet forgotten)",
+                    shared.hub.topic_counts().0 as u64,
+                ),
+                (
+                    "topics_forgotten",
+                    "topics forgotten so far after --topic-ttl with no subscriber and no publish",
+                    shared.hub.topic_counts().1,
                 ),
                 (
                     "history_bytes",
@@ -391,17 +413,33 @@ impl Worker {
                 keep_alive,
             } => (body, kind, end, keep_alive),
         };
-        let r = match self.shared.hub.try_publish(topic, kind, body.into()) {
-            Ok(r) => r,
+        let may_create = self.may_create_topic(key);
+        let r = match self
+            .shared
+            .hub
+            .try_publish(topic, kind, body.into(), may_create)
+        {
+            Ok((r, created)) => {
+                if created {
+                    self.created_topic(key);
+                }
+                r
+            }
             Err(Refused::TooManyTopics) => {
+                WorkerStats::add(&self.stats().topics_refused_limit_total, 1);
                 let body = json!({"error": TOO_MANY_TOPICS, "topic": topic});
                 self.respond_json(key, 503, &[], &body, After::Close);
                 return input.len();
             }
-            Err(Refused::Busy) => {
+            Err(refused) => {
                 // A backend pipelining publishes keeps its connection: it retries on it.
-                WorkerStats::add(&self.stats().publish_refused_busy_total, 1);
-                let body = json!({"error": BUSY, "topic": topic});
+                let (counter, error) = if refused == Refused::Busy {
+                    (&self.stats().publish_refused_busy_total, BUSY)
+                } else {
+                    (&self.stats().topics_refused_rate_total, CREATE_RATE)
+                };
+                WorkerStats::add(counter, 1);
+                let body = json!({"error": error, "topic": topic});
                 let retry = [("Retry-After", "1")];
                 if keep_alive {
                     self.respond_json(key, 503, &retry, &body, After::KeepAlive);
@@ -412,7 +450,12 @@ impl Worker {
             }
         };
         WorkerStats::add(&self.stats().published_total, 1);
-        let answer = json!({"topic": topic, "seq": r.seq, "subscribers": r.subscribers});
+        let answer = json!({
+            "topic": topic,
+            "seq": r.seq,
+            "epoch": r.epoch.to_string(),
+            "subscribers": r.subscribers,
+        });
         if keep_alive {
             self.respond_json(key, 200, &[], &answer, After::KeepAlive);
             end

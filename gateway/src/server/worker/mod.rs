@@ -12,6 +12,7 @@
 //! - [`delivery`]: topics: subscribing (one routine for every endpoint), delivering published
 //!   frames, slow consumers, chat.
 //! - [`feeds`]: the `/ws/file/..` and `/ws/log/..` sockets.
+//! - [`quota`]: how many topics one connection may create, and how fast.
 //! - [`commands`]: the `/ws/cmd/..` sockets: a process per connection, its pipes in the `Poll`.
 //! - [`timers`]: deadlines: handshake, keep-alive, close grace.
 //! - [`drain`]: the graceful drain: no more accepts, closes spread over `--drain`.
@@ -44,6 +45,7 @@ mod drain;
 mod feeds;
 mod http;
 mod multiplex;
+mod quota;
 mod sockets;
 mod timers;
 mod tls;
@@ -166,8 +168,10 @@ pub(crate) struct Worker {
     peer_ips: SideTable<std::net::IpAddr>,
     /// when a connection still in its request head was accepted,
     accepted_at: SideTable<Instant>,
-    /// and what a connection admitted with a token may do, until when (tokens on only).
+    /// what a connection admitted with a token may do, until when (tokens on only),
     auth: SideTable<auth::Authorized>,
+    /// and the allowance of new topics of a connection that has created one.
+    topic_quota: SideTable<quota::Bucket>,
     /// Command processes (`/ws/cmd/..`), with their own side table by slot.
     procs: commands::Procs,
     /// and each connection's TLS state, with `--tls-cert` (boxed: a few KiB each).
@@ -178,6 +182,8 @@ pub(crate) struct Worker {
     tls_more: bool,
     /// This worker's subscriptions.
     local: LocalTopics,
+    /// When this worker next looks for idle topics to forget (`--topic-ttl`).
+    next_topic_sweep: Instant,
     due_subs: Vec<Sub>,
     /// Empty outboxes, reused with their queue's capacity. Kept boxed because a connection
     /// holds its outbox as one pointer (`Conn` stays small), so reuse moves no allocation.
@@ -241,11 +247,13 @@ impl Worker {
             peer_ips: SideTable::default(),
             accepted_at: SideTable::default(),
             auth: SideTable::default(),
+            topic_quota: SideTable::default(),
             procs: commands::Procs::default(),
             tls: SideTable::default(),
             tls_scratch: TlsScratch::default(),
             tls_more: false,
             local: LocalTopics::default(),
+            next_topic_sweep: Instant::now(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),
             config: shared.live.current(),
@@ -342,10 +350,21 @@ impl Worker {
             }
             self.run_ready_commands();
             self.expire_timers();
+            self.sweep_topics();
             self.run_command_timers();
             if self.drain.is_some() && self.drain_step() {
                 return;
             }
+        }
+    }
+
+    /// Forgets idle topics, at most once a second per worker and only when it is awake anyway
+    /// (creating a topic does it too), so that their history is freed without new topics.
+    fn sweep_topics(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_topic_sweep {
+            self.next_topic_sweep = now + Duration::from_secs(1);
+            self.shared.hub.expire_idle();
         }
     }
 
@@ -395,6 +414,9 @@ impl Worker {
         }
         if self.auth.remove(&key).is_some() {
             shrink_side(&mut self.auth);
+        }
+        if self.topic_quota.remove(&key).is_some() {
+            shrink_side(&mut self.topic_quota);
         }
         if let Some(out) = conn.out {
             out.recycle(&mut self.pool);

@@ -8,11 +8,11 @@ use serde_json::{Value, json};
 
 use super::Worker;
 use super::delivery::{Replay, Subscribe};
-use super::http::{BUSY, TOO_MANY_TOPICS};
+use super::http::{BUSY, CREATE_RATE, TOO_MANY_TOPICS};
 use crate::proto::MessageKind;
 use crate::server::conn::Phase;
 use crate::server::stats::WorkerStats;
-use crate::topics::{Refused, Style, TopicKind, is_valid_topic};
+use crate::topics::{Refused, Resume, Style, TopicKind, is_valid_topic};
 
 /// The answer to a subscribe outside the token's `topics` claim.
 const NOT_IN_TOPICS: &str = "the token's topics claim does not cover this topic";
@@ -25,9 +25,18 @@ const MAX_SUBSCRIPTIONS: usize = 64;
 /// One client request of the `/ws` protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Command {
-    Subscribe { topic: String, since: Option<u64> },
-    Unsubscribe { topic: String },
-    Publish { topic: String, data: String },
+    Subscribe {
+        topic: String,
+        since: Option<u64>,
+        epoch: Option<String>,
+    },
+    Unsubscribe {
+        topic: String,
+    },
+    Publish {
+        topic: String,
+        data: String,
+    },
 }
 
 /// Why a message is not a command: the `error` reply's fields.
@@ -79,7 +88,16 @@ impl Command {
                             bad("\"since\" must be a sequence number", Some(&topic))
                         })?),
                     };
-                Ok(Command::Subscribe { topic, since })
+                let epoch = match cmd.get("epoch") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(e)) => Some(e.clone()),
+                    Some(_) => return Err(bad("\"epoch\" must be a string", Some(&topic))),
+                };
+                Ok(Command::Subscribe {
+                    topic,
+                    since,
+                    epoch,
+                })
             }
             "unsubscribe" => Ok(Command::Unsubscribe { topic }),
             "publish" => {
@@ -135,7 +153,17 @@ impl Worker {
 
     fn execute(&mut self, key: usize, cmd: Command) {
         match cmd {
-            Command::Subscribe { topic, since } => self.subscribe_command(key, &topic, since),
+            Command::Subscribe {
+                topic,
+                since,
+                epoch,
+            } => {
+                let resume = Resume {
+                    since,
+                    epoch: epoch.as_deref(),
+                };
+                self.subscribe_command(key, &topic, resume);
+            }
             Command::Unsubscribe { topic } => {
                 let found = self.shared.hub.find(&topic);
                 if found.is_some_and(|id| self.unsubscribe(key, id)) {
@@ -148,11 +176,23 @@ impl Worker {
                 if !self.may_publish(key, &topic) {
                     return self.reply_error(key, NOT_IN_PUBLISH, &topic);
                 }
+                let may_create = self.may_create_topic(key);
                 let hub = &self.shared.hub;
-                let r = match hub.try_publish(&topic, MessageKind::Text, data.into_bytes().into()) {
-                    Ok(r) => r,
+                let payload = data.into_bytes().into();
+                let r = match hub.try_publish(&topic, MessageKind::Text, payload, may_create) {
+                    Ok((r, created)) => {
+                        if created {
+                            self.created_topic(key);
+                        }
+                        r
+                    }
                     Err(Refused::TooManyTopics) => {
+                        WorkerStats::add(&self.stats().topics_refused_limit_total, 1);
                         return self.reply_error(key, TOO_MANY_TOPICS, &topic);
+                    }
+                    Err(Refused::CreateRate) => {
+                        WorkerStats::add(&self.stats().topics_refused_rate_total, 1);
+                        return self.reply_error(key, CREATE_RATE, &topic);
                     }
                     Err(Refused::Busy) => {
                         WorkerStats::add(&self.stats().publish_refused_busy_total, 1);
@@ -162,35 +202,61 @@ impl Worker {
                 WorkerStats::add(&self.stats().published_total, 1);
                 self.reply(
                     key,
-                    &json!({"type": "published", "topic": topic, "seq": r.seq}),
+                    &json!({
+                        "type": "published",
+                        "topic": topic,
+                        "epoch": r.epoch.to_string(),
+                        "seq": r.seq,
+                    }),
                 );
             }
         }
     }
 
-    fn subscribe_command(&mut self, key: usize, topic: &str, since: Option<u64>) {
-        // Checked before the topic is looked up, so a refused name creates nothing.
+    fn subscribe_command(&mut self, key: usize, topic: &str, resume: Resume<'_>) {
+        // Everything is checked before the topic is joined, so a refused name creates nothing.
         if !self.may_subscribe(key, topic) {
             return self.reply_error(key, NOT_IN_TOPICS, topic);
         }
-        let Some(id) = self.shared.hub.try_topic(topic, TopicKind::Stream) else {
-            return self.reply_error(key, TOO_MANY_TOPICS, topic);
-        };
         if !matches!(self.conns[key].phase, Phase::Open(_)) {
             return;
         }
-        if self.topics_of(key).any(|t| t == id) {
+        // A topic this connection follows has a subscriber, so it cannot be forgotten (and its
+        // id reused by nobody) between this lookup and the join.
+        let held = self.shared.hub.find(topic);
+        if held.is_some_and(|id| self.topics_of(key).any(|t| t == id)) {
             return self.reply_error(key, "already subscribed", topic);
         }
         if self.topics_of(key).count() >= MAX_SUBSCRIPTIONS {
             let error = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
             return self.reply_error(key, &error, topic);
         }
-        let replay = since.map_or(Replay::None, Replay::Since);
+        let may_create = self.may_create_topic(key);
+        let sub = match self
+            .shared
+            .hub
+            .join(topic, TopicKind::Stream, resume, may_create)
+        {
+            Ok((sub, created)) => {
+                if created {
+                    self.created_topic(key);
+                }
+                sub
+            }
+            Err(Refused::CreateRate) => {
+                WorkerStats::add(&self.stats().topics_refused_rate_total, 1);
+                return self.reply_error(key, CREATE_RATE, topic);
+            }
+            Err(_) => {
+                WorkerStats::add(&self.stats().topics_refused_limit_total, 1);
+                return self.reply_error(key, TOO_MANY_TOPICS, topic);
+            }
+        };
+        let replay = resume.since.map_or(Replay::None, Replay::Since);
         self.subscribe(
             key,
+            sub,
             Subscribe {
-                topic: id,
                 replay,
                 style: Style::Envelope,
                 announce: Some(topic),
@@ -213,14 +279,24 @@ mod tests {
             parse(r#"{"type":"subscribe","topic":"news/eu","since":4}"#),
             Ok(Command::Subscribe {
                 topic: "news/eu".into(),
-                since: Some(4)
+                since: Some(4),
+                epoch: None,
             })
         );
         assert_eq!(
             parse(r#"{"type":"subscribe","topic":"a","since":null}"#),
             Ok(Command::Subscribe {
                 topic: "a".into(),
-                since: None
+                since: None,
+                epoch: None,
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"subscribe","topic":"a","since":3,"epoch":"0123456789ab"}"#),
+            Ok(Command::Subscribe {
+                topic: "a".into(),
+                since: Some(3),
+                epoch: Some("0123456789ab".into()),
             })
         );
         assert_eq!(
@@ -255,6 +331,10 @@ mod tests {
         assert_eq!(
             err(r#"{"type":"subscribe","topic":"a","since":-1}"#),
             "\"since\" must be a sequence number"
+        );
+        assert_eq!(
+            err(r#"{"type":"subscribe","topic":"a","since":1,"epoch":7}"#),
+            "\"epoch\" must be a string"
         );
         assert_eq!(
             err(r#"{"type":"publish","topic":"news/eu","data":"x"}"#),

@@ -11,7 +11,7 @@ use crate::proto::{
     CloseCode, DeflateParams, Event, MessageKind, ProtocolError, ServerSession, Unmasked,
 };
 use crate::server::ConnId;
-use crate::server::conn::{NO_TOPIC, Phase, Ws};
+use crate::server::conn::{FirstTopic, Phase, Ws};
 use crate::server::stats::WorkerStats;
 
 impl Worker {
@@ -22,7 +22,7 @@ impl Worker {
         conn.phase = Phase::Open(Ws {
             session: ServerSession::new(Unmasked, max_message, deflate, self.now),
             route,
-            first_topic: NO_TOPIC,
+            first_topic: FirstTopic::NONE,
         });
         conn.since = self.now;
         WorkerStats::add(&self.stats().ws_opened_total, 1);
@@ -175,7 +175,7 @@ impl Worker {
             self.pool.put(buf);
         }
         let more = self.more_topics.remove(&id.slot()).unwrap_or_default();
-        let first = (ws.first_topic != NO_TOPIC).then_some(ws.first_topic);
+        let first = ws.first_topic.slot().and_then(|s| self.local.id_of_slot(s));
         for topic in first.into_iter().chain(more) {
             self.local.remove(topic, id);
             self.shared.hub.unsubscribe(topic);
