@@ -47,6 +47,8 @@ mod sockets;
 mod timers;
 mod ws;
 
+pub use multiplex::{BadCommand, Command};
+
 use super::conn::{Conn, Phase};
 use super::outbox::Outbox;
 use super::pool::BufPool;
