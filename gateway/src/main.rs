@@ -151,10 +151,12 @@ struct Args {
     /// history across topics goes first.
     #[arg(long, default_value_t = DEFAULTS.history_memory)]
     history_memory: usize,
-    /// Ask clients to compress every message on its own (saves a 32 KiB window per chatty
-    /// connection, costs compression ratio).
+    /// Let permessage-deflate clients keep their compression context between messages
+    /// (better ratio for repetitive client messages, but about 48 KiB per connection that
+    /// sent a compressed message, until it closes). Default: clients are asked for
+    /// client_no_context_takeover.
     #[arg(long)]
-    deflate_no_client_context: bool,
+    deflate_client_context: bool,
     /// Watch a file (repeatable): its whole content is pushed to topic `file/NAME` whenever it
     /// changes; see `/file/NAME` and `/ws/file/NAME`. A missing file is reported to subscribers
     /// and followed once it appears.
@@ -228,7 +230,7 @@ impl Args {
                 request_client_no_context_takeover: defaults
                     .deflate
                     .request_client_no_context_takeover
-                    || self.deflate_no_client_context,
+                    && !self.deflate_client_context,
                 ..defaults.deflate
             },
             history: HistoryConfig {

@@ -119,6 +119,7 @@ fn flags_override_defaults() {
         "--ping-interval",
         "500ms",
         "--no-deflate",
+        "--deflate-client-context",
         "--history",
         "0",
         "--max-conns",
@@ -134,6 +135,7 @@ fn flags_override_defaults() {
         ping_interval: Duration::from_millis(500),
         deflate: DeflateConfig {
             enabled: false,
+            request_client_no_context_takeover: false,
             ..DeflateConfig::default()
         },
         history: HistoryConfig {

@@ -1,8 +1,20 @@
 //! Operating-system calls that std does not wrap: the open-file limit (getrlimit/setrlimit),
 //! which the gateway and loadgen both read and raise here and nowhere else, and marking the
-//! descriptors a process inherited close-on-exec (so command processes do not get them).
+//! descriptors a process inherited close-on-exec (so command processes do not get them), and
+//! giving free heap memory back to the kernel.
 
 use std::io;
+
+/// Returns the allocator's free memory to the kernel where it can (glibc's `malloc_trim`,
+/// which also releases free pages in the middle of every arena, not only at the top); a no-op
+/// with other C libraries.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it takes the allocator's own locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 /// The open-file limit as (soft, hard).
 pub fn nofile_limit() -> io::Result<(u64, u64)> {

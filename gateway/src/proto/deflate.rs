@@ -6,7 +6,9 @@
 //! The gateway always answers with `server_no_context_takeover`: every message it sends is
 //! compressed on its own, so one compressor per worker serves every connection and a published
 //! message can be compressed once for all its subscribers. What clients send is decompressed with
-//! context takeover unless they (or the operator, see [`DeflateConfig`]) ask otherwise.
+//! the server's default asks clients for `client_no_context_takeover` too, so no connection keeps
+//! an inflate window between its messages (about 48 KiB with zlib-rs: the 32 KiB window and the
+//! decoder's state); an operator may let clients keep their context (see [`DeflateConfig`]).
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -24,8 +26,11 @@ pub struct DeflateConfig {
     /// Accept permessage-deflate offers at all. Default: true.
     pub enabled: bool,
     /// Ask clients to compress each message on its own even when they did not offer it, so no
-    /// connection keeps a 32 KiB inflate window between messages. Default: false (clients keep
-    /// their context, which compresses better).
+    /// connection keeps an inflate window (about 48 KiB) between messages: the decoder lives
+    /// only while a compressed message is being read. Default: true. False lets clients keep
+    /// their context, which compresses repetitive client messages better but costs every
+    /// connection that ever sent a compressed message those 48 KiB until it closes (see
+    /// docs/OPERATIONS.md, "permessage-deflate memory").
     pub request_client_no_context_takeover: bool,
     /// Compression level 0-9 for what the server sends. Default: 1 (fast; chat-sized messages
     /// gain little from more effort).
@@ -40,7 +45,7 @@ impl Default for DeflateConfig {
     fn default() -> Self {
         DeflateConfig {
             enabled: true,
-            request_client_no_context_takeover: false,
+            request_client_no_context_takeover: true,
             level: 1,
             min_size: 64,
         }
@@ -412,8 +417,31 @@ impl Inflater {
 mod tests {
     use super::*;
 
+    /// Negotiation with the client's context allowed (`--deflate-client-context`), so the
+    /// table shows what each offer asks for.
     fn neg(value: &str) -> Option<DeflateParams> {
-        negotiate([value], &DeflateConfig::default())
+        let cfg = DeflateConfig {
+            request_client_no_context_takeover: false,
+            ..Default::default()
+        };
+        negotiate([value], &cfg)
+    }
+
+    #[test]
+    fn the_default_asks_clients_for_no_context_takeover() {
+        for offer in [
+            "permessage-deflate",
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; client_no_context_takeover",
+        ] {
+            let p = negotiate([offer], &DeflateConfig::default()).unwrap();
+            assert!(p.client_no_context_takeover, "{offer}");
+            assert!(
+                p.to_header().contains("; client_no_context_takeover"),
+                "{offer}"
+            );
+            assert_eq!(p.receiving(Role::Server), (15, true));
+        }
     }
 
     #[test]

@@ -224,10 +224,24 @@ impl<M: Masking> Session<M> {
     /// Appends a whole data message (masked in the client role) to `out`; false, and nothing
     /// written, once a close frame has gone out.
     pub fn send(&mut self, kind: MessageKind, payload: &[u8], out: &mut Vec<u8>) -> bool {
+        self.send_message(kind, false, payload, out)
+    }
+
+    /// Like [`Session::send`], with `compressed` saying whether `payload` is a permessage-deflate
+    /// body (RSV1 set; only when [`Session::send_deflate`] is `Some`).
+    pub fn send_message(
+        &mut self,
+        kind: MessageKind,
+        compressed: bool,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        debug_assert!(!compressed || self.send_deflate.is_some());
         if !self.is_open() {
             return false;
         }
-        self.write(kind.opcode(), payload, out);
+        let mask = self.masks.next_mask();
+        write_frame(out, true, kind.opcode(), compressed, mask, payload);
         true
     }
 

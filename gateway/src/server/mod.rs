@@ -41,6 +41,8 @@ pub use config::Config;
 pub use conn_id::{ConnId, Generations};
 pub use reload::Reloaded;
 pub use stats::{Stats, WorkerStats};
+/// The `/ws` command parser (`Command::parse`, a pure function), public for its fuzz target.
+pub use worker::{BadCommand, Command};
 
 /// State every worker sees.
 #[derive(Debug)]

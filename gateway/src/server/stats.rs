@@ -63,6 +63,7 @@ counters! {
     handshake_timeouts_total: "connections dropped at the handshake timeout",
     pong_timeouts_total: "connections dropped at the pong timeout",
     close_grace_timeouts_total: "closing connections dropped at the close grace timeout",
+    heap_trims_total: "times a worker gave free heap memory back to the kernel (malloc_trim) after many connections closed",
     pings_sent_total: "keep-alive pings sent",
     drains_total: "graceful drains started (SIGTERM, SIGINT)",
     reloads_total: "configuration reloads applied (SIGHUP)",

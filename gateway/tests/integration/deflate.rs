@@ -1,6 +1,8 @@
-//! permessage-deflate (RFC 7692): the offer is accepted with `server_no_context_takeover`,
-//! compressed messages are read (with the client's context kept between messages), echoes of 32
-//! bytes or more go out compressed, and broken or oversized compressed input is refused.
+//! permessage-deflate (RFC 7692): the offer is accepted with `server_no_context_takeover` and,
+//! by default, `client_no_context_takeover` (no inflate window kept per connection: issue 9,
+//! finding 7); compressed messages are read (with the client's context kept between messages
+//! when the operator allows it), echoes of 64 bytes or more go out compressed, broken or
+//! oversized compressed input is refused, and memory is given back after a mass close.
 //!
 //! The RFC's own wire examples (section 7.2.3) are sent byte for byte, so decompression is
 //! checked against an independent reference, not only against `gateway::proto::Deflater`.
@@ -77,19 +79,84 @@ fn expect_compressed(ws: &mut RawWs, opcode: u8, expected: &[u8], window_bits: u
     );
 }
 
+/// A gateway that lets clients keep their compression context (`--deflate-client-context`).
+fn start_with_client_context() -> gateway::server::ServerHandle {
+    let mut config = util::config();
+    config.deflate.request_client_no_context_takeover = false;
+    util::start(config)
+}
+
 #[test]
 fn offer_is_accepted_with_server_no_context_takeover() {
-    let server = util::start_default();
+    let server = start_with_client_context();
     let (_ws, resp) = util::raw_handshake(server.local_addr(), &[OFFER]);
     let agreed = Agreed::from_response(&resp);
     assert!(agreed.has("server_no_context_takeover"), "{agreed:?}");
-    // The client did not ask for no context takeover, so it may keep its window.
+    // The client did not ask for no context takeover and the operator allows it: it may keep
+    // its window.
     assert!(!agreed.has("client_no_context_takeover"), "{agreed:?}");
+}
+
+/// Issue 9, finding 7: a connection that sent one compressed message and went quiet kept a
+/// 48 KiB inflate window until it closed. By default clients are now asked to compress every
+/// message on its own, so the window lives only while a message is read.
+#[test]
+fn deflate_memory_per_connection_default_asks_for_client_no_context_takeover() {
+    let server = util::start_default();
+    let (mut ws, resp) = util::raw_handshake(server.local_addr(), &[OFFER]);
+    let agreed = Agreed::from_response(&resp);
+    assert!(agreed.has("server_no_context_takeover"), "{agreed:?}");
+    assert!(agreed.has("client_no_context_takeover"), "{agreed:?}");
+    // The client complies: each message compressed on its own, and every one is read.
+    let mut deflater = Deflater::new(agreed.bits("client_max_window_bits"), true, 6);
+    let text = text_payload(8192, 3);
+    for _ in 0..3 {
+        let mut z = Vec::new();
+        deflater.compress(text.as_bytes(), &mut z);
+        ws.send_frame_rsv(true, RSV1, TEXT, &z);
+        expect_compressed(&mut ws, TEXT, text.as_bytes(), 15);
+    }
+}
+
+/// Issue 9, finding 7: what closed connections freed stayed with the allocator. After many
+/// closes a worker gives free heap pages back to the kernel, and counts it.
+#[test]
+fn deflate_memory_per_connection_heap_given_back_after_mass_close() {
+    util::raise_nofile_limit();
+    let mut config = util::config();
+    config.workers = 1;
+    config.deflate.request_client_no_context_takeover = false;
+    let server = util::start(config);
+    let addr = server.local_addr();
+    assert_eq!(util::metric(addr, "gateway_heap_trims_total"), 0);
+    let text = text_payload(8192, 4);
+    let mut conns = Vec::new();
+    for _ in 0..300 {
+        let (mut ws, resp) = util::raw_handshake(addr, &[OFFER]);
+        Agreed::from_response(&resp);
+        let mut z = Vec::new();
+        Deflater::new(15, false, 1).compress(text.as_bytes(), &mut z);
+        ws.send_frame_rsv(true, RSV1, TEXT, &z);
+        expect_compressed(&mut ws, TEXT, text.as_bytes(), 15);
+        conns.push(ws);
+    }
+    for ws in &mut conns {
+        ws.send_close(1000, "");
+    }
+    for ws in &mut conns {
+        ws.expect_close(1000);
+    }
+    drop(conns);
+    util::eventually(
+        "a heap trim after 300 closes",
+        std::time::Duration::from_secs(10),
+        || (util::metric(addr, "gateway_heap_trims_total") >= 1).then_some(()),
+    );
 }
 
 #[test]
 fn compressed_and_uncompressed_messages_on_one_connection() {
-    let server = util::start_default();
+    let server = start_with_client_context();
     let (mut ws, resp) = util::raw_handshake(server.local_addr(), &[OFFER]);
     let agreed = Agreed::from_response(&resp);
     let server_bits = agreed.bits("server_max_window_bits");
@@ -145,7 +212,8 @@ fn compressed_and_uncompressed_messages_on_one_connection() {
 
 #[test]
 fn rfc7692_wire_examples_decode_to_hello() {
-    let server = util::start_default();
+    // 7.2.3.2 refers back into the previous message: the client keeps its context.
+    let server = start_with_client_context();
     let (mut ws, resp) = util::raw_handshake(server.local_addr(), &[OFFER]);
     Agreed::from_response(&resp);
     // 7.2.3.1: "Hello" compressed on its own.

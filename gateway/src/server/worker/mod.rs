@@ -51,6 +51,8 @@ mod timers;
 mod tls;
 mod ws;
 
+pub use multiplex::{BadCommand, Command};
+
 use super::conn::{Conn, Phase};
 use super::outbox::Outbox;
 use super::pool::BufPool;
@@ -192,7 +194,14 @@ pub(crate) struct Worker {
         reason = "connections hold outboxes boxed; the pool hands the boxes back"
     )]
     outboxes: Vec<Box<Outbox>>,
+    /// Connections reaped since this worker last gave free heap pages back (see
+    /// [`Worker::trim_after_mass_close`]).
+    reaped_since_trim: usize,
 }
+
+/// A worker returns free heap pages to the kernel once at least this many connections, and
+/// at least as many as remain open, were reaped since it last did.
+const TRIM_AFTER_REAPS: usize = 256;
 
 impl Worker {
     pub fn new(
@@ -256,6 +265,7 @@ impl Worker {
             next_topic_sweep: Instant::now(),
             due_subs: Vec::new(),
             outboxes: Vec::new(),
+            reaped_since_trim: 0,
             config: shared.live.current(),
             config_version: shared.live.version(),
             shared,
@@ -352,6 +362,7 @@ impl Worker {
             self.expire_timers();
             self.sweep_topics();
             self.run_command_timers();
+            self.trim_after_mass_close();
             if self.drain.is_some() && self.drain_step() {
                 return;
             }
@@ -423,7 +434,21 @@ impl Worker {
         }
         self.tls_reap(key);
         self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+        self.reaped_since_trim += 1;
         // Dropping the stream closes the socket, which also removes it from the epoll set.
+    }
+
+    /// After many connections closed (relative to those still open), gives the free pages of
+    /// the heap back to the kernel: what closed connections freed (inflate windows, buffers) is
+    /// otherwise kept by the allocator, scattered between live allocations, and the process
+    /// stays at its peak. Rare by construction: under steady churn it runs once per "all the
+    /// open connections were replaced".
+    fn trim_after_mass_close(&mut self) {
+        if self.reaped_since_trim >= TRIM_AFTER_REAPS.max(self.conns.len()) {
+            self.reaped_since_trim = 0;
+            crate::sys::release_free_memory();
+            WorkerStats::add(&self.stats().heap_trims_total, 1);
+        }
     }
 
     /// Ends the current phase: the queued bytes go out, then the write side is shut and the

@@ -24,7 +24,7 @@ const MAX_SUBSCRIPTIONS: usize = 64;
 
 /// One client request of the `/ws` protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Command {
+pub enum Command {
     Subscribe {
         topic: String,
         since: Option<u64>,
@@ -41,7 +41,7 @@ pub(super) enum Command {
 
 /// Why a message is not a command: the `error` reply's fields.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct BadCommand {
+pub struct BadCommand {
     pub error: String,
     /// The `type` asked for, when the problem is the topic.
     pub request: Option<String>,
