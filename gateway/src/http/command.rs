@@ -44,10 +44,7 @@ pub fn authorize_command(
             reason: "commands need the publish token, and none is configured (--publish-token)",
         });
     };
-    let presented = req
-        .header("Authorization")
-        .and_then(|v| v.trim().strip_prefix("Bearer "))
-        .map(str::trim)
+    let presented = crate::auth::bearer(req)
         .map(str::to_owned)
         .or_else(|| query_token(req.query()));
     match presented {
