@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# Opens 50,000 WebSocket connections on one machine and reports what they cost the gateway.
+# Opens 50,000 WebSocket connections on one machine as one audience, and reports what they cost
+# the gateway and how a message reaches all of them.
 #
 # One process may open only as many sockets as its open-file limit allows (here a hard 20,000),
 # so this starts ceil(CONNS / PER_GATEWAY) gateway processes sharing one port with --reuse-port
-# (SO_REUSEPORT across processes: the kernel spreads new connections over them), then runs
-#   loadgen --conns CONNS --scenario connect --duration DURATION
-# against that port. loadgen itself splits into worker processes for the same reason and spreads
+# (SO_REUSEPORT across processes: the kernel spreads new connections over them) and sharing
+# their topics through a Redis bus (--bus; a redis-server of its own on a free port, without
+# persistence, unless BUS names one), then runs against that port either
+#   MODE=fanout (default): loadgen --conns CONNS --scenario fanout --rate RATE --duration DURATION
+#     every connection subscribes to one chat room; the publisher POSTs to one process; the bus
+#     brings every message to the subscribers of all processes. Prints delivered, lost and
+#     duplicated deliveries and the delivery latency (p50, p99, max);
+#   MODE=connect: loadgen --conns CONNS --scenario connect --duration DURATION (memory). loadgen itself splits into worker processes for the same reason and spreads
 # its sockets over source addresses 127.0.0.1, .2, ... (about 28k ephemeral ports each).
 #
 # It prints the gateways' resident memory (VmRSS, summed) before the ramp and with every
 # connection open, the difference per connection, and the CPU time of the gateways beside
 # loadgen's own (from /proc/PID/stat and getrusage), so it is plain which side was busy.
 #
-# Environment (defaults in brackets): CONNS [50000], PORT [9350], PER_GATEWAY [19000],
+# Environment (defaults in brackets): MODE [fanout], RATE (fanout messages/s) [2], SIZE (fanout
+# message bytes) [64], BUS (a redis:// URL; empty: start one) [], CONNS [50000], PORT [9350], PER_GATEWAY [19000],
 # WORKERS per gateway [1], DURATION [10s], CONNECT_RATE [10000], PER_ADDR (connections per
 # loadgen source address) [5000], OUT (where the JSON and HTML reports go) [target/bench-50k],
 # NO_BUILD (set: use the binaries already in target/release). Traffic stays on 127.0.0.0/8 and
@@ -27,6 +34,10 @@ if [ $# -gt 0 ]; then
   esac
 fi
 
+MODE=${MODE:-fanout}
+RATE=${RATE:-2}
+SIZE=${SIZE:-64}
+BUS=${BUS:-}
 CONNS=${CONNS:-50000}
 PORT=${PORT:-9350}
 PER_GATEWAY=${PER_GATEWAY:-19000}
@@ -42,16 +53,32 @@ mkdir -p "$OUT"
 
 gateways=$(( (CONNS + PER_GATEWAY - 1) / PER_GATEWAY ))
 pids=()
+redis_pid=
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -z "$redis_pid" ] || kill "$redis_pid" 2>/dev/null || true
     wait 2>/dev/null || true
 }
 trap cleanup EXIT
 
-echo "bench-50k: starting $gateways gateway process(es) on 127.0.0.1:$PORT (--reuse-port --workers $WORKERS)"
+if [ -z "$BUS" ]; then
+    command -v redis-server >/dev/null || { echo "bench-50k: needs redis-server (apt-get install redis-server) or BUS=redis://..." >&2; exit 1; }
+    redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir /tmp \
+        >"$OUT/redis.log" 2>&1 &
+    redis_pid=$!
+    BUS="redis://127.0.0.1:$redis_port"
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && break
+        sleep 0.1
+    done
+    echo "bench-50k: redis-server on 127.0.0.1:$redis_port (no persistence)"
+fi
+
+echo "bench-50k: starting $gateways gateway process(es) on 127.0.0.1:$PORT (--reuse-port --workers $WORKERS --bus $BUS)"
 for _ in $(seq "$gateways"); do
     target/release/gateway --listen "127.0.0.1:$PORT" --reuse-port --workers "$WORKERS" \
-        --handshake-timeout 30s 2>>"$OUT/gateway.log" &
+        --bus "$BUS" --handshake-timeout 30s 2>>"$OUT/gateway.log" &
     pids+=("$!")
 done
 for _ in $(seq 100); do
@@ -61,6 +88,31 @@ done
 sleep 0.3
 
 pid_list=$(IFS=,; echo "${pids[*]}")
+if [ "$MODE" = fanout ]; then
+    set +e
+    target/release/loadgen --url "ws://127.0.0.1:$PORT/ws/chat/bench50k" --conns "$CONNS" \
+        --scenario fanout --rate "$RATE" --size "$SIZE" --duration "$DURATION" \
+        --connect-rate "$CONNECT_RATE" --per-addr "$PER_ADDR" --timeout 30s --target-pid "$pid_list" \
+        --json "$OUT/fanout.json" --report "$OUT/fanout.html"
+    status=$?
+    set -e
+    python3 - "$OUT/fanout.json" "$gateways" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+f = r["fanout"]
+t = r["cpu"]["targets"]
+gw_cpu = sum(x["cpu_s"] or 0 for x in t)
+lat = f["latency"]
+print()
+print(f"bench-50k: {f['subscribers']} subscribers over {sys.argv[2]} gateway process(es) sharing one port and one bus")
+print(f"  published     {f['accepted']} accepted of {f['published']} sent")
+print(f"  deliveries    {f['delivered']} of {f['expected']} expected: {f['lost']} lost, {f['duplicates']} duplicated")
+print(f"  latency       p50 {lat['p50_us']/1e3:.2f} ms  p99 {lat['p99_us']/1e3:.2f} ms  max {lat['max_us']/1e3:.2f} ms")
+print(f"  CPU time      gateways {gw_cpu:.2f} s over {r['timing']['wall_s']:.1f} s wall")
+PY
+    echo "  reports       $OUT/fanout.json, $OUT/fanout.html"
+    exit "$status"
+fi
 set +e
 target/release/loadgen --url "ws://127.0.0.1:$PORT/echo" --conns "$CONNS" --scenario connect \
     --duration "$DURATION" --connect-rate "$CONNECT_RATE" --per-addr "$PER_ADDR" --target-pid "$pid_list" \

@@ -4,7 +4,8 @@
 # Autobahn|Testsuite quick run (cases 1.* to 10.*) against /echo, then every cargo-fuzz target
 # for a bounded time. Installs what it needs: the Rust toolchain must exist; Chromium comes from
 # Debian (scripts/browser-test.sh), Autobahn's Python 2.7 environment from scripts/autobahn.sh
-# (in CI both may use apt), cargo-fuzz from crates.io (`cargo install --locked`, once).
+# (in CI both may use apt), redis-server from Debian for the cluster tests (gateway/tests/cluster.rs),
+# cargo-fuzz from crates.io (`cargo install --locked`, once).
 #   scripts/test.sh                 everything
 #   scripts/test.sh --no-autobahn   skip the conformance run
 #   scripts/test.sh --no-browser    skip the browser test
@@ -33,6 +34,19 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 
 step "cargo test (unit and integration tests, release build)"
+# The cluster tests start their own redis-server (no persistence, a free port).
+if ! command -v redis-server >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing redis-server (Debian package) for the cluster tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq redis-server >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+  else
+    echo "test.sh: the cluster tests need redis-server: apt-get install redis-server" >&2
+    exit 1
+  fi
+fi
+# The Debian package starts a system instance on 6379; the tests never use it.
 cargo test --workspace --release
 
 if [ "$browser" = 1 ]; then

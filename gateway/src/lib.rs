@@ -14,6 +14,7 @@
 //! - [`sys`]: the few operating-system calls std does not wrap (resource limits).
 
 pub mod auth;
+pub mod bus;
 pub mod cli;
 pub mod commands;
 pub mod feeds;

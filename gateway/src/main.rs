@@ -141,6 +141,13 @@ struct Args {
     #[arg(long, default_value_t = FlagDuration(DEFAULTS.flush_interval),
           value_parser = parse_duration_or_zero)]
     flush_interval: FlagDuration,
+    /// The cluster bus, redis://HOST:PORT[/DB]: topics shared with every gateway on the same
+    /// Redis (publishes numbered by Redis, subscribers on every node get every message).
+    #[arg(long, value_name = "URL")]
+    bus: Option<String>,
+    /// With --bus: /healthz answers 503 once the bus has been unreachable this long.
+    #[arg(long, value_name = "DURATION", default_value_t = FlagDuration(DEFAULTS.bus_grace))]
+    bus_grace: FlagDuration,
     /// Messages kept per topic for `since` recovery.
     #[arg(long, default_value_t = DEFAULTS.history.messages)]
     history: usize,
@@ -248,6 +255,8 @@ impl Args {
             topic_rate: self.topic_rate,
             max_backlog: self.max_backlog,
             flush_interval: self.flush_interval.0,
+            bus: self.bus.filter(|b| !b.is_empty()),
+            bus_grace: self.bus_grace.0,
             watch: self.watch,
             tail: self.tail,
             commands: self.command,

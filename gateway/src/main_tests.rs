@@ -40,6 +40,8 @@ fn assert_same(got: &Config, want: &Config) {
         topic_burst,
         topic_rate,
         max_backlog,
+        bus,
+        bus_grace,
         flush_interval,
         publish_token,
         trust_loopback,
@@ -92,6 +94,8 @@ fn assert_same(got: &Config, want: &Config) {
     assert_eq!(*topic_burst, want.topic_burst, "topic_burst");
     assert_eq!(*topic_rate, want.topic_rate, "topic_rate");
     assert_eq!(*max_backlog, want.max_backlog, "max_backlog");
+    assert_eq!(*bus, want.bus, "bus");
+    assert_eq!(*bus_grace, want.bus_grace, "bus_grace");
     assert_eq!(*flush_interval, want.flush_interval, "flush_interval");
     assert_eq!(*publish_token, want.publish_token, "publish_token");
     assert_eq!(*trust_loopback, want.trust_loopback, "trust_loopback");

@@ -324,10 +324,10 @@ impl RemoteFleet {
 
     fn tell(&mut self, line: &str) {
         for stdin in self.stdins.iter_mut() {
-            if let Some(s) = stdin {
-                if writeln!(s, "{line}").and_then(|()| s.flush()).is_err() {
-                    *stdin = None;
-                }
+            if let Some(s) = stdin
+                && writeln!(s, "{line}").and_then(|()| s.flush()).is_err()
+            {
+                *stdin = None;
             }
         }
     }

@@ -38,17 +38,17 @@ fn main() -> ExitCode {
         }
     };
     print!("{}", report.summary());
-    if let Some(path) = &cfg.json {
-        if let Err(e) = std::fs::write(path, report.to_json()) {
-            eprintln!("loadgen: error: cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = &cfg.json
+        && let Err(e) = std::fs::write(path, report.to_json())
+    {
+        eprintln!("loadgen: error: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
     }
-    if let Some(path) = &cfg.report {
-        if let Err(e) = std::fs::write(path, loadgen::html::render(&report)) {
-            eprintln!("loadgen: error: cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = &cfg.report
+        && let Err(e) = std::fs::write(path, loadgen::html::render(&report))
+    {
+        eprintln!("loadgen: error: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
     }
     if report.ok {
         ExitCode::SUCCESS

@@ -210,10 +210,10 @@ impl Pipeline<'_> {
 
     /// Fails every request in flight when the oldest has waited longer than the timeout.
     fn expire(&mut self) {
-        if let Some(front) = self.in_flight.front() {
-            if now_ns().saturating_sub(front.sent) > self.timeout.as_nanos() as u64 {
-                self.drop_conn("publish: no response before the timeout");
-            }
+        if let Some(front) = self.in_flight.front()
+            && now_ns().saturating_sub(front.sent) > self.timeout.as_nanos() as u64
+        {
+            self.drop_conn("publish: no response before the timeout");
         }
     }
 

@@ -237,7 +237,7 @@ fn flood_keeps_the_window_full_and_counts_pushback() {
         while let Some(more) = requests(s, &mut buf, 1) {
             let mut text = String::new();
             for _ in &more {
-                text.push_str(if seen % 2 == 0 { OK } else { BUSY });
+                text.push_str(if seen.is_multiple_of(2) { OK } else { BUSY });
                 seen += 1;
             }
             s.write_all(text.as_bytes()).unwrap();

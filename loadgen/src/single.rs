@@ -192,10 +192,10 @@ impl Single {
     /// `timeout`.
     pub fn close(mut self, timeout: Duration) -> Result<(), String> {
         self.ended()?;
-        if self.client.close(&mut self.io.cork, now_ns()) {
-            if let Err(end) = self.client.flush_cork(&mut self.io.cork) {
-                self.end = Some(end);
-            }
+        if self.client.close(&mut self.io.cork, now_ns())
+            && let Err(end) = self.client.flush_cork(&mut self.io.cork)
+        {
+            self.end = Some(end);
         }
         let deadline = now_ns() + timeout.as_nanos() as u64;
         while self.end.is_none() {

@@ -116,10 +116,10 @@ impl DirWatch {
         if id.is_some() && id == self.watching {
             return true;
         }
-        if self.watching.take().is_some() {
-            if let Some(w) = self.watcher.as_mut() {
-                let _ = w.unwatch(&self.dir);
-            }
+        if self.watching.take().is_some()
+            && let Some(w) = self.watcher.as_mut()
+        {
+            let _ = w.unwatch(&self.dir);
         }
         let Some(id) = id else {
             self.report(format!(

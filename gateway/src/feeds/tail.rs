@@ -290,11 +290,11 @@ impl Tailer {
     /// offset 0.
     fn restart(&mut self, hub: &Hub) {
         self.finish_line(hub);
-        if let Some((f, _)) = self.file.as_mut() {
-            if f.seek(SeekFrom::Start(0)).is_ok() {
-                self.pos = 0;
-                self.seen.clear();
-            }
+        if let Some((f, _)) = self.file.as_mut()
+            && f.seek(SeekFrom::Start(0)).is_ok()
+        {
+            self.pos = 0;
+            self.seen.clear();
         }
     }
 

@@ -106,6 +106,8 @@ pub fn route(path: &str) -> (Route, &str) {
 /// What the plain routes need to know about the server.
 pub struct PlainContext<'a> {
     pub metrics: &'a dyn Fn() -> String,
+    /// `/healthz`: its status and body (with a bus, whether it is connected).
+    pub health: &'a dyn Fn() -> (u16, String),
     /// The index page's listing: the most followed topics with a name prefix, and totals.
     pub topics: &'a dyn Fn(&str) -> crate::topics::TopicPage,
     /// A watched file's current content (or error text) and its stamp; `None` when no file of
@@ -137,7 +139,10 @@ pub fn respond(
         return 405;
     }
     let (status, ctype, body): (u16, &str, Vec<u8>) = match route {
-        Route::Health => (200, TEXT, b"ok\n".to_vec()),
+        Route::Health => {
+            let (status, body) = (ctx.health)();
+            (status, TEXT, body.into_bytes())
+        }
         Route::Metrics => (
             200,
             "text/plain; version=0.0.4",

@@ -138,10 +138,10 @@ pub fn check_publish<'b>(
     if input.len() < end {
         return PublishCheck::Incomplete;
     }
-    if let (Some(token), Some(check)) = (jwt, policy.jwt) {
-        if let Err(r) = check(token, topic) {
-            return denial(Denied::Jwt(r), topic);
-        }
+    if let (Some(token), Some(check)) = (jwt, policy.jwt)
+        && let Err(r) = check(token, topic)
+    {
+        return denial(Denied::Jwt(r), topic);
     }
     let body = &input[req.head_len..end];
     let kind = if std::str::from_utf8(body).is_ok() {

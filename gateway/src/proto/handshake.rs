@@ -296,10 +296,10 @@ pub fn accept(
         Ok(raw) if raw.len() == 16 => {}
         _ => return Err(HandshakeError::BadHeader("Sec-WebSocket-Key")),
     }
-    if let (Some(check), Some(origin)) = (policy.origin, req.header("Origin")) {
-        if !check(origin) {
-            return Err(HandshakeError::OriginRefused);
-        }
+    if let (Some(check), Some(origin)) = (policy.origin, req.header("Origin"))
+        && !check(origin)
+    {
+        return Err(HandshakeError::OriginRefused);
     }
     let offered: Vec<&str> = req
         .header_values("Sec-WebSocket-Protocol")

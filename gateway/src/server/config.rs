@@ -90,6 +90,13 @@ pub struct Config {
     /// 1.3x with the same p99, 20 ms about 1.9x with a p99 1.7x higher; docs/BENCHMARKS.md).
     /// Default 10 ms; 0 writes every batch at once.
     pub flush_interval: Duration,
+    /// The cluster bus: `redis://HOST:PORT[/DB]` ([`crate::bus`]). With it, every publish is
+    /// numbered by Redis and reaches the subscribers of every gateway on the same Redis.
+    /// Default none: this process alone.
+    pub bus: Option<String>,
+    /// With a bus, `/healthz` answers 503 once the bus has been unreachable this long (so a
+    /// load balancer stops sending clients to a node that cannot publish). Default 5 s.
+    pub bus_grace: Duration,
     /// Bearer token that `POST /publish/..` from non-loopback addresses must present. Default
     /// none: only loopback clients may publish.
     pub publish_token: Option<String>,
@@ -156,6 +163,8 @@ impl Default for Config {
             topic_burst: 64,
             topic_rate: 1,
             max_backlog: 16 * 1024 * 1024,
+            bus: None,
+            bus_grace: Duration::from_secs(5),
             flush_interval: Duration::from_millis(10),
             publish_token: None,
             trust_loopback: true,
@@ -187,7 +196,7 @@ fn default_max_conns() -> usize {
 pub fn format_duration(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
-    } else if d.subsec_nanos() % 1_000_000 == 0 {
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
     } else {
         format!("{}s", d.as_secs_f64())

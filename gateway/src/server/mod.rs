@@ -110,6 +110,13 @@ impl Server {
             Some(files) => Some(tls::Tls::new(files).map_err(io::Error::other)?),
             None => None,
         };
+        let bus = match &config.bus {
+            Some(url) => Some(
+                crate::bus::Bus::new(url, config.history, config.max_backlog)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            ),
+            None => None,
+        };
         let workers = config.workers.max(1);
         let listeners = bind_listeners(&config, workers)?;
         let local_addr = listeners[0].local_addr()?;
@@ -144,6 +151,10 @@ impl Server {
         let wakers = mailboxes.clone();
         // Every worker can receive before any can publish.
         shared.hub.set_mailboxes(mailboxes);
+        if let Some(bus) = bus {
+            shared.hub.set_bus(bus.clone());
+            bus.start(shared.hub.clone())?;
+        }
         // The feeds create their topics (with their kind) and publish their first version
         // before any client can subscribe.
         let sources = feeds::start(&shared.hub, &shared.config.watch, &shared.config.tail)?;
@@ -254,6 +265,9 @@ impl ServerHandle {
         }
         for s in &self.sources {
             s.stop();
+        }
+        if let Some(bus) = self.shared.hub.bus() {
+            bus.shutdown();
         }
     }
 

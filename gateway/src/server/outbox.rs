@@ -60,11 +60,11 @@ impl Outbox {
         }
         self.queued += bytes.len();
         // The last segment may be half written; appending behind its written part is fine.
-        if let Some(Seg::Owned(last)) = self.segs.back_mut() {
-            if last.len() + bytes.len() <= last.capacity() {
-                last.extend_from_slice(bytes);
-                return;
-            }
+        if let Some(Seg::Owned(last)) = self.segs.back_mut()
+            && last.len() + bytes.len() <= last.capacity()
+        {
+            last.extend_from_slice(bytes);
+            return;
         }
         let mut buf = pool.get();
         buf.extend_from_slice(bytes);

@@ -98,6 +98,8 @@ fn merge(old: &Config, new: &Config) -> (Config, Reloaded) {
         topic_burst,
         topic_rate,
         max_backlog,
+        bus,
+        bus_grace,
         flush_interval,
         publish_token,
         jwt_secret,
@@ -148,6 +150,7 @@ fn merge(old: &Config, new: &Config) -> (Config, Reloaded) {
         max_backlog => "max-backlog",
         flush_interval => "flush-interval",
         max_commands => "max-commands",
+        bus_grace => "bus-grace",
     }
     restart! {
         listen => "listen",
@@ -162,6 +165,7 @@ fn merge(old: &Config, new: &Config) -> (Config, Reloaded) {
         tail => "tail",
         commands => "command",
         tls => "tls-cert/tls-key",
+        bus => "bus",
     }
     (merged, report)
 }

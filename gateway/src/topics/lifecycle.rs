@@ -34,6 +34,19 @@ impl Epoch {
         Epoch((z ^ (z >> 31)) & 0xffff_ffff_ffff)
     }
 
+    /// An epoch from its 12 hex digits (as the bus keeps it).
+    pub fn parse(text: &str) -> Option<Epoch> {
+        if text.len() != 12 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(text, 16).ok().map(Epoch)
+    }
+
+    /// A new random epoch (the bus starts a topic's numbering with one).
+    pub fn random() -> Epoch {
+        Epoch(random_key() & 0xffff_ffff_ffff)
+    }
+
     /// Whether a client's `epoch` names this one.
     pub fn matches(self, text: &str) -> bool {
         text.len() == 12 && u64::from_str_radix(text, 16).is_ok_and(|v| v == self.0)
@@ -47,7 +60,7 @@ impl fmt::Display for Epoch {
 }
 
 /// A random key for this process's epochs.
-pub(super) fn random_key() -> u64 {
+pub(crate) fn random_key() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

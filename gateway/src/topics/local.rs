@@ -77,6 +77,14 @@ impl LocalTopics {
         else {
             return;
         };
+        if msg.control == super::Control::Reset {
+            // A new numbering: everyone is told, and continues after its `seq`.
+            for s in subs.iter_mut() {
+                s.last_seq = msg.seq;
+                due.push(*s);
+            }
+            return;
+        }
         for s in subs.iter_mut() {
             if s.last_seq < msg.seq {
                 s.last_seq = msg.seq;

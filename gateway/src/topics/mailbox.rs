@@ -45,6 +45,8 @@ impl Backlog {
 #[derive(Debug, Clone)]
 pub struct Mailbox {
     tx: Sender<Arc<Published>>,
+    /// Answers of the bus to this worker's requests (few: one per publish or follow asked).
+    replies: Sender<crate::bus::BusReply>,
     waker: Arc<mio::Waker>,
     backlog: Arc<Backlog>,
 }
@@ -53,20 +55,28 @@ pub struct Mailbox {
 #[derive(Debug)]
 pub struct Inbox {
     rx: Receiver<Arc<Published>>,
+    replies: Receiver<crate::bus::BusReply>,
     backlog: Arc<Backlog>,
 }
 
 /// A mailbox to a worker whose event loop `waker` wakes.
 pub fn mailbox(waker: Arc<mio::Waker>) -> (Mailbox, Inbox) {
     let (tx, rx) = crossbeam_channel::unbounded();
+    // Bounded by the bus's own queue: one answer per request it accepted.
+    let (replies_tx, replies) = crossbeam_channel::unbounded();
     let backlog = Arc::new(Backlog::default());
     (
         Mailbox {
             tx,
+            replies: replies_tx,
             waker,
             backlog: backlog.clone(),
         },
-        Inbox { rx, backlog },
+        Inbox {
+            rx,
+            replies,
+            backlog,
+        },
     )
 }
 
@@ -87,6 +97,13 @@ impl Mailbox {
         &self.backlog
     }
 
+    /// Hands the worker an answer of the bus, and wakes it: it looks for answers every turn
+    /// of its loop.
+    pub fn post_reply(&self, reply: crate::bus::BusReply) {
+        let _ = self.replies.send(reply);
+        let _ = self.waker.wake();
+    }
+
     /// Wakes the worker (to notice a shutdown).
     pub fn wake(&self) {
         let _ = self.waker.wake();
@@ -97,6 +114,11 @@ impl Inbox {
     /// The next message, if one is waiting. Call [`Inbox::done`] once it is delivered.
     pub fn next(&self) -> Option<Arc<Published>> {
         self.rx.try_recv().ok()
+    }
+
+    /// The next answer of the bus, if one is waiting.
+    pub fn next_reply(&self) -> Option<crate::bus::BusReply> {
+        self.replies.try_recv().ok()
     }
 
     /// Counts a message as delivered.

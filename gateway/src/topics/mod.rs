@@ -11,6 +11,7 @@
 //! feed sockets `/ws/chat/..`, `/ws/file/..` and `/ws/log/..` send it), the JSON envelope of the
 //! multiplexed `/ws` socket, and each of those compressed once per negotiated window size.
 
+pub mod cluster;
 mod history;
 mod lifecycle;
 pub mod listing;
@@ -18,6 +19,7 @@ pub mod local;
 pub mod mailbox;
 mod published;
 mod table;
+mod types;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,10 +27,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::proto::MessageKind;
+pub use cluster::{Follow, Joined};
 pub use lifecycle::Epoch;
 pub use listing::{INDEX_TOPICS, TopicPage};
 pub use mailbox::{Inbox, Mailbox};
-pub use published::{Published, Style};
+pub use published::{Control, Published, Style};
+pub use types::{HubLimits, Receipt, Refused, Resume, Subscription};
 
 /// A topic's id in the hub: a slot and its generation, so the id of a forgotten topic never
 /// names a later one ([`table`]).
@@ -81,49 +85,6 @@ impl Default for HistoryConfig {
     }
 }
 
-/// The answer to a publish: what `POST /publish/{topic}` reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Receipt {
-    pub topic: TopicId,
-    pub seq: u64,
-    /// The numbering `seq` belongs to.
-    pub epoch: Epoch,
-    /// Subscribers across all workers when the message was published.
-    pub subscribers: usize,
-}
-
-/// Where a `/ws` subscriber says it left off: the last sequence number it got, and the epoch
-/// that number belongs to (if it knows it).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Resume<'a> {
-    pub since: Option<u64>,
-    pub epoch: Option<&'a str>,
-}
-
-impl Resume<'_> {
-    /// From `since` only (feeds, tests).
-    pub fn since(since: Option<u64>) -> Resume<'static> {
-        Resume { since, epoch: None }
-    }
-}
-
-/// What a new subscriber gets: the messages to replay and where the live stream starts.
-#[derive(Debug)]
-pub struct Subscription {
-    pub topic: TopicId,
-    /// The last sequence number already published; live delivery continues after it.
-    pub last_seq: u64,
-    pub epoch: Epoch,
-    /// History to send first (only when `since` was given), oldest first.
-    pub replay: Vec<Arc<Published>>,
-    /// Set when the history no longer holds everything after `since`: the first sequence
-    /// number that is still available (messages between `since` and it are lost).
-    pub gap_until: Option<u64>,
-    /// The `since` given belongs to another numbering (another epoch, or beyond the last
-    /// sequence number): nothing is replayed and the client is told to start over.
-    pub reset: bool,
-}
-
 #[derive(Debug)]
 struct Topic {
     name: Arc<str>,
@@ -138,6 +99,11 @@ struct Topic {
     pinned: bool,
     /// In the idle queue.
     queued: bool,
+    /// With a bus: the epoch Redis keeps for the topic, once known (without a bus the epoch is
+    /// derived from the id, [`Epoch::of`]).
+    epoch: Option<Epoch>,
+    /// With a bus: whether this node follows the topic on Redis ([`cluster`]).
+    follow: Follow,
 }
 
 #[derive(Debug)]
@@ -154,42 +120,6 @@ struct HubInner {
     memory: history::Memory,
 }
 
-/// Why a publish or subscription from a client or backend was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// The topic is new and the hub holds its limit of topics.
-    TooManyTopics,
-    /// The topic is new and the connection asking has used up its allowance of new topics.
-    CreateRate,
-    /// A worker's backlog is over its limit: retry after a moment.
-    Busy,
-}
-
-/// Limits of what clients and backends can make the hub hold.
-#[derive(Debug, Clone, Copy)]
-pub struct HubLimits {
-    /// Topics that names from clients may create.
-    pub max_topics: usize,
-    /// Bytes ([`mailbox::cost`]) posted to one worker and not yet delivered, past which
-    /// refusable publishes are refused ([`Refused::Busy`]).
-    pub max_backlog: usize,
-    /// Payload bytes of the history of all stream topics together ([`history`]).
-    pub history_memory: usize,
-    /// How long a topic with no subscriber and no publish is kept ([`lifecycle`]).
-    pub topic_ttl: Duration,
-}
-
-impl Default for HubLimits {
-    fn default() -> Self {
-        HubLimits {
-            max_topics: usize::MAX,
-            max_backlog: usize::MAX,
-            history_memory: usize::MAX,
-            topic_ttl: Duration::MAX,
-        }
-    }
-}
-
 /// The topic registry shared by all workers.
 #[derive(Debug)]
 pub struct Hub {
@@ -202,6 +132,9 @@ pub struct Hub {
     max_backlog: AtomicUsize,
     /// The key of this process's epochs.
     epoch_key: u64,
+    /// The cluster bus, with `--bus`: publishes go through it, and topics with subscribers
+    /// here are followed on it ([`cluster`]).
+    bus: OnceLock<Arc<crate::bus::Bus>>,
 }
 
 impl Hub {
@@ -229,6 +162,7 @@ impl Hub {
             max_topics: AtomicUsize::new(limits.max_topics),
             max_backlog: AtomicUsize::new(limits.max_backlog),
             epoch_key: lifecycle::random_key(),
+            bus: OnceLock::new(),
         }
     }
 
@@ -244,6 +178,11 @@ impl Hub {
     /// workers catch up.
     pub fn congested(&self) -> bool {
         let max = self.max_backlog.load(Ordering::Relaxed);
+        // With a bus, publishes waiting for Redis count too (half the bound: the queue takes
+        // up to all of it before refusing).
+        if self.bus.get().is_some_and(|b| b.queued_bytes() > max / 2) {
+            return true;
+        }
         self.mailboxes
             .get()
             .is_some_and(|m| m.iter().any(|m| m.backlog().bytes() > max))
@@ -269,9 +208,14 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The epoch of a topic id.
+    /// The epoch of a topic id (without a bus).
     pub fn epoch(&self, id: TopicId) -> Epoch {
         Epoch::of(self.epoch_key, id)
+    }
+
+    /// The epoch of a topic: the bus's, or the one derived from its id.
+    fn epoch_of(&self, topic: &Topic, id: TopicId) -> Epoch {
+        topic.epoch.unwrap_or_else(|| self.epoch(id))
     }
 
     /// The id of a topic, creating it on first use, pinned: an operator's topic (a configured
@@ -283,6 +227,7 @@ impl Hub {
         if let Some(t) = inner.topics.get_mut(&id) {
             t.pinned = true;
         }
+        self.follow_locked(&mut inner, id);
         id
     }
 
@@ -331,6 +276,8 @@ impl Hub {
             last_active: Instant::now(),
             pinned: false,
             queued: false,
+            epoch: None,
+            follow: Follow::Off,
         });
         inner.by_name.insert(name, id);
         id
@@ -377,8 +324,7 @@ impl Hub {
         kind: MessageKind,
         payload: Box<[u8]>,
     ) -> Option<Receipt> {
-        let mut inner = self.lock();
-        self.publish_locked(&mut inner, id, kind, payload, 0)
+        self.publish_stamped(id, kind, payload, 0)
     }
 
     /// Publishes to a topic by id with a version stamp ([`Published::stamp`]); `None` if it was
@@ -391,6 +337,21 @@ impl Hub {
         stamp: u64,
     ) -> Option<Receipt> {
         let mut inner = self.lock();
+        if let Some(bus) = self.bus.get() {
+            // Numbered by the bus; delivered here when it comes back on the topic's channel.
+            let t = inner.topics.get(&id)?;
+            let (name, latest) = (t.name.clone(), t.kind == TopicKind::Latest);
+            drop(inner);
+            let _ = bus.publish(crate::bus::Publish {
+                topic: name,
+                kind,
+                payload,
+                stamp,
+                latest,
+                reply: None,
+            });
+            return None;
+        }
         self.publish_locked(&mut inner, id, kind, payload, stamp)
     }
 
@@ -402,39 +363,52 @@ impl Hub {
         payload: Box<[u8]>,
         stamp: u64,
     ) -> Option<Receipt> {
-        let topic = inner.topics.get_mut(&id)?;
-        topic.last_seq += 1;
-        let msg = Arc::new(Published::new(
+        let topic = inner.topics.get(&id)?;
+        let (seq, subscribers) = (topic.last_seq + 1, topic.subscribers);
+        let epoch = self.epoch_of(topic, id);
+        let msg = Published::new(
             id,
             topic.name.clone(),
-            topic.last_seq,
+            seq,
             kind,
             topic.kind,
             payload,
             stamp,
-        ));
-        topic.last_active = msg.at;
-        let seq = topic.last_seq;
-        let subscribers = topic.subscribers;
+        );
+        self.append_locked(inner, msg);
+        Some(Receipt {
+            topic: id,
+            seq,
+            epoch,
+            subscribers,
+        })
+    }
+
+    /// Makes `msg` its topic's newest message: into the history, and to every worker.
+    fn append_locked(&self, inner: &mut HubInner, msg: Published) {
+        let Some(topic) = inner.topics.get_mut(&msg.topic) else {
+            return;
+        };
+        topic.last_seq = msg.seq;
+        topic.last_active = std::time::Instant::now();
+        let msg = Arc::new(msg);
         history::append(
             inner,
             &self.history,
             self.limits.history_memory,
             msg.clone(),
         );
-        let receipt = Receipt {
-            topic: id,
-            seq,
-            epoch: self.epoch(id),
-            subscribers,
-        };
-        // Posted under the lock, so every worker sees one topic's messages in sequence order.
+        self.post_locked(&msg);
+    }
+
+    /// Hands a message to every worker. Called under the lock, so every worker sees one
+    /// topic's messages in sequence order.
+    fn post_locked(&self, msg: &Arc<Published>) {
         if let Some(mailboxes) = self.mailboxes.get() {
             for m in mailboxes {
                 m.post(msg.clone());
             }
         }
-        Some(receipt)
     }
 
     /// Registers a subscriber of a topic by name, creating the topic if new (refused as
@@ -468,9 +442,20 @@ impl Hub {
         id: TopicId,
         resume: Resume<'_>,
     ) -> Option<Subscription> {
-        let epoch = self.epoch(id);
         let topic = inner.topics.get_mut(&id)?;
         topic.subscribers += 1;
+        self.joined_locked(inner, id, resume)
+    }
+
+    /// The subscription of a subscriber already counted on the topic.
+    fn joined_locked(
+        &self,
+        inner: &mut HubInner,
+        id: TopicId,
+        resume: Resume<'_>,
+    ) -> Option<Subscription> {
+        let topic = inner.topics.get(&id)?;
+        let epoch = self.epoch_of(topic, id);
         let mut sub = Subscription {
             topic: id,
             last_seq: topic.last_seq,
@@ -511,6 +496,7 @@ impl Hub {
         };
         topic.subscribers = topic.subscribers.saturating_sub(1);
         if topic.subscribers == 0 {
+            self.unfollow_locked(&mut inner, id);
             lifecycle::went_idle(&mut inner, id, Instant::now());
         }
     }

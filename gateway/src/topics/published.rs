@@ -15,6 +15,20 @@ pub enum Style {
     Envelope,
 }
 
+/// A notice about a topic's stream that travels with its messages, in order: only `/ws`
+/// subscribers are sent it (as a JSON message); raw sockets skip it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// A message (the normal case).
+    None,
+    /// Messages `from..=seq` are lost (a node missed them and the bus's history no longer held
+    /// them): `{"type":"gap",..}`.
+    Gap { from: u64 },
+    /// The topic's numbering started over (Redis lost it): `{"type":"reset",..}` with the new
+    /// epoch (the payload); every subscriber continues after `seq`.
+    Reset,
+}
+
 /// One published message, shared by every worker and subscriber that holds it.
 #[derive(Debug)]
 pub struct Published {
@@ -29,6 +43,7 @@ pub struct Published {
     pub stamp: u64,
     /// When it was published (for the delivery latency histogram).
     pub at: std::time::Instant,
+    pub control: Control,
     /// Encoded frames: [style][0 = uncompressed, 1..=8 = window bits 8..=15].
     frames: [[OnceLock<Arc<[u8]>>; 9]; 2],
 }
@@ -52,8 +67,37 @@ impl Published {
             payload,
             stamp,
             at: std::time::Instant::now(),
+            control: Control::None,
             frames: Default::default(),
         }
+    }
+
+    /// A notice for a topic's `/ws` subscribers ([`Control`]); a reset's payload is the new
+    /// epoch.
+    pub(super) fn notice(
+        topic: TopicId,
+        name: Arc<str>,
+        seq: u64,
+        control: Control,
+        payload: Box<[u8]>,
+    ) -> Self {
+        let mut p = Self::new(
+            topic,
+            name,
+            seq,
+            MessageKind::Text,
+            TopicKind::Stream,
+            payload,
+            0,
+        );
+        p.control = control;
+        p
+    }
+
+    /// Sets when it was published (a message from the bus: when its node published it).
+    pub(super) fn published_at(mut self, at: std::time::Instant) -> Self {
+        self.at = at;
+        self
     }
 
     /// The message body of a shape, before framing.
@@ -67,7 +111,22 @@ impl Published {
     /// The `/ws` envelope. Text payloads travel as a JSON string; binary ones as base64 with
     /// `"binary":true`.
     pub fn envelope(&self) -> Vec<u8> {
-        let data = match (self.kind, std::str::from_utf8(&self.payload)) {
+        let name = &*self.name;
+        let data = match self.control {
+            Control::Gap { from } => {
+                serde_json::json!({"type": "gap", "topic": name, "from": from, "to": self.seq})
+            }
+            Control::Reset => {
+                let epoch = String::from_utf8_lossy(&self.payload);
+                serde_json::json!({"type": "reset", "topic": name, "epoch": epoch, "seq": self.seq})
+            }
+            Control::None => self.message_envelope(),
+        };
+        serde_json::to_vec(&data).expect("JSON of strings and numbers")
+    }
+
+    fn message_envelope(&self) -> serde_json::Value {
+        match (self.kind, std::str::from_utf8(&self.payload)) {
             (MessageKind::Text, Ok(text)) => {
                 serde_json::json!({"topic": &*self.name, "seq": self.seq, "data": text})
             }
@@ -76,8 +135,7 @@ impl Published {
                 let b64 = base64::engine::general_purpose::STANDARD.encode(&self.payload);
                 serde_json::json!({"topic": &*self.name, "seq": self.seq, "data": b64, "binary": true})
             }
-        };
-        serde_json::to_vec(&data).expect("JSON of strings and numbers")
+        }
     }
 
     /// The frame for `style`, encoded on first use and shared afterwards. With `deflate`

@@ -110,7 +110,7 @@ fn frames_arriving_one_byte_at_a_time_are_reassembled() {
         ws.send_raw(&[*b]);
         // Nagle is off; a pause now and then makes sure the bytes are not coalesced in the
         // socket buffer before the server reads them.
-        if rng.next_u64() % 8 == 0 {
+        if rng.next_u64().is_multiple_of(8) {
             thread::sleep(Duration::from_millis(1));
         }
     }

@@ -251,15 +251,15 @@ impl RawWs {
         };
         let head = self.take(head_len);
         let mut resp = parse_head(&head);
-        if resp.status != 101 {
-            if let Some(len) = resp.header("content-length") {
-                let len: usize = len.parse().expect("numeric Content-Length");
-                assert!(
-                    self.fill_to(len),
-                    "connection closed inside the response body"
-                );
-                resp.body = self.take(len);
-            }
+        if resp.status != 101
+            && let Some(len) = resp.header("content-length")
+        {
+            let len: usize = len.parse().expect("numeric Content-Length");
+            assert!(
+                self.fill_to(len),
+                "connection closed inside the response body"
+            );
+            resp.body = self.take(len);
         }
         resp
     }

@@ -172,10 +172,8 @@ fn close_pipes(registry: &Registry, p: &mut Process, pidfd: bool) {
     for mut s in [p.stdout.take(), p.stderr.take()].into_iter().flatten() {
         deregister(registry, &mut s);
     }
-    if pidfd {
-        if let Some(fd) = p.pidfd.take() {
-            deregister(registry, &mut SourceFd(&fd.as_raw_fd()));
-        }
+    if pidfd && let Some(fd) = p.pidfd.take() {
+        deregister(registry, &mut SourceFd(&fd.as_raw_fd()));
     }
 }
 
@@ -376,10 +374,10 @@ impl Worker {
         let owner = proc.owner;
         match kind {
             STDIN => {
-                if self.flush_stdin(pk) {
-                    if let Some(o) = owner.filter(|&o| self.is_live(o)) {
-                        self.read_ready(o.slot(), false);
-                    }
+                if self.flush_stdin(pk)
+                    && let Some(o) = owner.filter(|&o| self.is_live(o))
+                {
+                    self.read_ready(o.slot(), false);
                 }
             }
             EXIT => self.check_exit(pk),

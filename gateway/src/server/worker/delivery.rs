@@ -22,7 +22,7 @@ use crate::proto::{CloseCode, MessageKind};
 use crate::server::conn::{FirstTopic, Phase};
 use crate::server::stats::WorkerStats;
 use crate::topics::local::Sub;
-use crate::topics::{Published, Style, Subscription, TopicId, TopicKind};
+use crate::topics::{Control, Published, Style, Subscription, TopicId, TopicKind};
 
 /// Messages taken from the mailbox per turn; the sockets get their turn in between.
 const MAILBOX_BATCH: usize = 1024;
@@ -162,6 +162,10 @@ impl Worker {
             return None;
         };
         if conn.dead || !ws.session.is_open() {
+            return None;
+        }
+        if msg.control != Control::None && style == Style::Raw {
+            // Notices are for `/ws` subscribers; a raw socket's stream just goes on.
             return None;
         }
         let bits = ws.session.send_deflate();
@@ -331,8 +335,14 @@ impl Worker {
         }
         // A chat message already read is never dropped; while the hub is congested the client
         // is paused instead: published, then not read until the workers catch up.
-        self.shared.hub.publish_id(room, kind, payload.into());
-        WorkerStats::add(&self.stats().published_total, 1);
+        if self.clustered() {
+            if let Some(name) = self.shared.hub.name_of(room) {
+                self.chat_via_bus(&name, kind, payload);
+            }
+        } else {
+            self.shared.hub.publish_id(room, kind, payload.into());
+            WorkerStats::add(&self.stats().published_total, 1);
+        }
         if self.shared.hub.congested() && !self.conns[key].hub_paused {
             self.conns[key].hub_paused = true;
             let id = self.conns[key].id(key);

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
+use super::cluster::Waiting;
 use super::{Worker, feeds};
 use crate::auth::{Refusal as TokenRefusal, unix_now};
 use crate::http::command::Denied;
@@ -17,7 +18,7 @@ use crate::http::response::{JSON, Response, TEXT, status_text, write_refusal};
 use crate::http::{self as routes, PlainContext, Route};
 use crate::proto::handshake::{self, HandshakeError, Request, ServerPolicy};
 use crate::server::stats::WorkerStats;
-use crate::topics::{INDEX_TOPICS, Refused, Resume, Subscription, TopicKind, is_valid_topic};
+use crate::topics::{INDEX_TOPICS, Joined, Refused, Resume, TopicKind, is_valid_topic};
 
 /// The answer when a new topic would pass `--max-topics`.
 pub(super) const TOO_MANY_TOPICS: &str = "the gateway holds its limit of topics (--max-topics)";
@@ -161,6 +162,27 @@ impl Worker {
         let mut resp = mem::take(&mut self.scratch);
         resp.clear();
         accepted.write_response(&mut resp);
+        let room = match room {
+            Some(Joined::Wait(topic)) => {
+                // With a bus: the 101 waits until the room is followed ([`super::cluster`]).
+                let response = resp.clone();
+                self.scratch = resp;
+                let deflate = accepted.deflate;
+                let what = Waiting::Chat {
+                    topic,
+                    response,
+                    deflate,
+                    authorized,
+                };
+                let reply = self.wait_for_bus(key, what);
+                let bus = self.shared.hub.bus().expect("a wait means a bus").clone();
+                bus.follow(topic, format!("chat/{param}").into(), Some(reply));
+                self.park(key);
+                return Ok(());
+            }
+            Some(Joined::Now(sub)) => Some(sub),
+            None => None,
+        };
         self.send(key, &[&resp]);
         self.scratch = resp;
         if let Some(at) = self.accepted_at.remove(&key) {
@@ -183,14 +205,17 @@ impl Worker {
 
     /// Joins the room's topic, created now if new; refused (503) while the hub holds its
     /// limit. A chat socket creates at most its room, so it is not charged for it.
-    fn chat_room(&self, room: &str) -> Result<Subscription, Refusal> {
+    fn chat_room(&self, room: &str) -> Result<Joined, Refusal> {
         let name = format!("chat/{room}");
-        match self
-            .shared
-            .hub
-            .join(&name, TopicKind::Stream, Resume::default(), true)
-        {
-            Ok((sub, _)) => Ok(sub),
+        let hub = &self.shared.hub;
+        let joined = if self.clustered() {
+            hub.join_clustered(&name, TopicKind::Stream, Resume::default(), true)
+        } else {
+            hub.join(&name, TopicKind::Stream, Resume::default(), true)
+                .map(|(sub, created)| (Joined::Now(sub), created))
+        };
+        match joined {
+            Ok((joined, _)) => Ok(joined),
             Err(_) => {
                 WorkerStats::add(&self.stats().topics_refused_limit_total, 1);
                 Err(Refusal::Status(503))
@@ -202,7 +227,7 @@ impl Worker {
         let shared = self.shared.clone();
         let metrics = || {
             let (messages, bytes) = shared.hub.backlog();
-            shared.stats.render_prometheus(&[
+            let mut out = shared.stats.render_prometheus(&[
                 (
                     "open_connections",
                     "connections open now",
@@ -238,7 +263,26 @@ impl Worker {
                     "payload bytes held in the history of all stream topics (--history-memory)",
                     shared.hub.history_bytes() as u64,
                 ),
-            ])
+            ]);
+            if let Some(bus) = shared.hub.bus() {
+                bus.render_metrics(&mut out);
+            }
+            out
+        };
+        let grace = self.config.bus_grace;
+        let health = || match shared.hub.bus() {
+            None => (200, "ok\n".to_string()),
+            Some(bus) => match bus.down_for() {
+                None => (200, "ok\nbus: connected\n".to_string()),
+                Some(d) if d < grace => (
+                    200,
+                    format!("ok\nbus: reconnecting ({:.1} s)\n", d.as_secs_f64()),
+                ),
+                Some(d) => (
+                    503,
+                    format!("bus: unreachable for {:.1} s\n", d.as_secs_f64()),
+                ),
+            },
         };
         let topics = |prefix: &str| shared.hub.top_topics(prefix, INDEX_TOPICS);
         let file = |name: &str| feeds::file_view(&shared, name);
@@ -246,6 +290,7 @@ impl Worker {
         out.clear();
         let ctx = PlainContext {
             metrics: &metrics,
+            health: &health,
             topics: &topics,
             file: &file,
             commands: &shared.config.commands,
@@ -300,7 +345,7 @@ impl Worker {
     }
 
     /// A JSON answer (the publish API).
-    fn respond_json(
+    pub(super) fn respond_json(
         &mut self,
         key: usize,
         status: u16,
@@ -413,6 +458,11 @@ impl Worker {
                 keep_alive,
             } => (body, kind, end, keep_alive),
         };
+        if self.clustered() {
+            let consumed = if keep_alive { end } else { input.len() };
+            self.publish_clustered(key, topic, kind, body.into(), keep_alive);
+            return consumed;
+        }
         let may_create = self.may_create_topic(key);
         let r = match self
             .shared

@@ -39,6 +39,7 @@ use slab::Slab;
 
 mod accept;
 mod auth;
+mod cluster;
 mod commands;
 mod delivery;
 mod drain;
@@ -194,6 +195,9 @@ pub(crate) struct Worker {
         reason = "connections hold outboxes boxed; the pool hands the boxes back"
     )]
     outboxes: Vec<Box<Outbox>>,
+    /// Requests waiting for the cluster bus, by their number ([`cluster`]).
+    waits: HashMap<u64, cluster::Wait>,
+    next_wait: u64,
     /// Connections reaped since this worker last gave free heap pages back (see
     /// [`Worker::trim_after_mass_close`]).
     reaped_since_trim: usize,
@@ -266,6 +270,8 @@ impl Worker {
             due_subs: Vec::new(),
             outboxes: Vec::new(),
             reaped_since_trim: 0,
+            waits: HashMap::new(),
+            next_wait: 0,
             config: shared.live.current(),
             config_version: shared.live.version(),
             shared,
@@ -350,6 +356,7 @@ impl Worker {
             if self.accept.retry_due() {
                 self.accept(false);
             }
+            self.drain_bus_replies();
             self.drain_mailbox();
             for id in mem::take(&mut self.backlog) {
                 if self.is_live(id) {

@@ -12,7 +12,7 @@ use super::http::{BUSY, CREATE_RATE, TOO_MANY_TOPICS};
 use crate::proto::MessageKind;
 use crate::server::conn::Phase;
 use crate::server::stats::WorkerStats;
-use crate::topics::{Refused, Resume, Style, TopicKind, is_valid_topic};
+use crate::topics::{Joined, Refused, Resume, Style, TopicKind, is_valid_topic};
 
 /// The answer to a subscribe outside the token's `topics` claim.
 const NOT_IN_TOPICS: &str = "the token's topics claim does not cover this topic";
@@ -127,7 +127,7 @@ impl Worker {
         self.send_data(key, MessageKind::Text, &text);
     }
 
-    fn reply_error(&mut self, key: usize, error: &str, topic: &str) {
+    pub(super) fn reply_error(&mut self, key: usize, error: &str, topic: &str) {
         self.reply(
             key,
             &json!({"type": "error", "error": error, "topic": topic}),
@@ -176,9 +176,12 @@ impl Worker {
                 if !self.may_publish(key, &topic) {
                     return self.reply_error(key, NOT_IN_PUBLISH, &topic);
                 }
+                let payload = data.into_bytes().into();
+                if self.clustered() {
+                    return self.ws_publish_clustered(key, topic, payload);
+                }
                 let may_create = self.may_create_topic(key);
                 let hub = &self.shared.hub;
-                let payload = data.into_bytes().into();
                 let r = match hub.try_publish(&topic, MessageKind::Text, payload, may_create) {
                     Ok((r, created)) => {
                         if created {
@@ -232,16 +235,22 @@ impl Worker {
             return self.reply_error(key, &error, topic);
         }
         let may_create = self.may_create_topic(key);
-        let sub = match self
-            .shared
-            .hub
-            .join(topic, TopicKind::Stream, resume, may_create)
-        {
-            Ok((sub, created)) => {
+        let hub = &self.shared.hub;
+        let joined = if self.clustered() {
+            hub.join_clustered(topic, TopicKind::Stream, resume, may_create)
+        } else {
+            hub.join(topic, TopicKind::Stream, resume, may_create)
+                .map(|(sub, created)| (Joined::Now(sub), created))
+        };
+        let sub = match joined {
+            Ok((joined, created)) => {
                 if created {
                     self.created_topic(key);
                 }
-                sub
+                match joined {
+                    Joined::Now(sub) => sub,
+                    Joined::Wait(id) => return self.subscribe_waiting(key, id, topic, resume),
+                }
             }
             Err(Refused::CreateRate) => {
                 WorkerStats::add(&self.stats().topics_refused_rate_total, 1);

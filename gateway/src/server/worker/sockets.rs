@@ -140,7 +140,8 @@ impl Worker {
                 return input.len();
             }
             match conn.phase {
-                Phase::Handshake if self.steps_left == 0 => return pos,
+                // Parked: waiting for the bus's answer to the last request.
+                Phase::Handshake if self.steps_left == 0 || conn.hub_paused => return pos,
                 Phase::Handshake => match self.on_request(key, &input[pos..]) {
                     0 => return pos,
                     n => {

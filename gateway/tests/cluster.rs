@@ -1,0 +1,262 @@
+//! The cluster bus over a real `redis-server`: several gateways sharing topics.
+//!
+//! - three nodes, one topic: every subscriber on every node gets every message, in order,
+//!   with the same `seq` the publisher was answered; chat rooms span nodes;
+//! - a node killed with SIGKILL mid-stream: its client resumes on another node with `since`
+//!   and gets everything after it exactly once;
+//! - Redis stopped: 503 within 2 s, a `/ws` publish error, `/healthz` 503 after the grace,
+//!   clients stay connected; Redis restarted empty: publishing resumes within 10 s, live
+//!   subscribers get `reset` then the new stream, a stale `since` gets `reset`.
+
+#[path = "cluster/support.rs"]
+mod cluster_support;
+#[path = "cluster/redis.rs"]
+mod redis;
+#[path = "util/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod util;
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tungstenite::{Message, WebSocket};
+
+use gateway::server::ServerHandle;
+use redis::Redis;
+use util::{config, eventually, http_get, http_request, start, ws_connect};
+
+fn node(redis: &Redis) -> ServerHandle {
+    let server = start(gateway::server::Config {
+        bus: Some(redis.url()),
+        bus_grace: Duration::from_secs(1),
+        ..config()
+    });
+    wait_connected(server.local_addr());
+    server
+}
+
+fn wait_connected(addr: SocketAddr) {
+    eventually("the bus connected", Duration::from_secs(10), || {
+        http_get(addr, "/healthz")
+            .body_text()
+            .contains("bus: connected")
+            .then_some(())
+    });
+}
+
+/// POST /publish; returns (status, JSON answer).
+fn publish(addr: SocketAddr, topic: &str, body: &str) -> (u16, Value) {
+    let req = format!(
+        "POST /publish/{topic} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let resp = http_request(addr, req.as_bytes());
+    let v = serde_json::from_str(resp.body_text()).unwrap_or(Value::Null);
+    (resp.status, v)
+}
+
+fn next_json(ws: &mut WebSocket<TcpStream>) -> Value {
+    loop {
+        match ws.read().expect("read a message") {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// A `/ws` client subscribed to `topic` (with `since`/`epoch` if given); returns the
+/// `subscribed` answer too.
+fn subscriber(
+    addr: SocketAddr,
+    topic: &str,
+    resume: Option<(u64, &str)>,
+) -> (WebSocket<TcpStream>, Value) {
+    let mut ws = ws_connect(addr, "/ws");
+    let mut cmd = json!({"type": "subscribe", "topic": topic});
+    if let Some((since, epoch)) = resume {
+        cmd["since"] = json!(since);
+        cmd["epoch"] = json!(epoch);
+    }
+    ws.send(Message::text(cmd.to_string())).unwrap();
+    let ack = next_json(&mut ws);
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    (ws, ack)
+}
+
+#[test]
+fn three_nodes_one_topic_every_subscriber_gets_every_message_with_the_same_seq() {
+    let redis = Redis::start();
+    let nodes: Vec<ServerHandle> = (0..3).map(|_| node(&redis)).collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr()).collect();
+    let mut subs: Vec<_> = addrs
+        .iter()
+        .flat_map(|&a| [subscriber(a, "news", None).0, subscriber(a, "news", None).0])
+        .collect();
+    // Publishers on every node, in turn: one order, one numbering.
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        let body = format!("message {i}");
+        let (status, answer) = publish(addrs[i % 3], "news", &body);
+        assert_eq!(status, 200, "{answer}");
+        sent.push((
+            answer["seq"].as_u64().unwrap(),
+            answer["epoch"].clone(),
+            body,
+        ));
+    }
+    let seqs: Vec<u64> = sent.iter().map(|s| s.0).collect();
+    assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+    assert!(sent.iter().all(|s| s.1 == sent[0].1), "one epoch");
+    for (i, ws) in subs.iter_mut().enumerate() {
+        for (seq, _, body) in &sent {
+            let m = next_json(ws);
+            assert_eq!(
+                (m["seq"].as_u64(), m["data"].as_str()),
+                (Some(*seq), Some(body.as_str())),
+                "subscriber {i}"
+            );
+        }
+    }
+    // A chat room spans the nodes too.
+    let mut a = ws_connect(addrs[0], "/ws/chat/lobby");
+    let mut c = ws_connect(addrs[2], "/ws/chat/lobby");
+    a.send(Message::text("hello from node 0")).unwrap();
+    for ws in [&mut a, &mut c] {
+        match ws.read().unwrap() {
+            Message::Text(t) => assert_eq!(t.as_str(), "hello from node 0"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let metrics = util::http::metrics_text(addrs[1]);
+    assert!(
+        metrics.contains("gateway_bus_publishes_total"),
+        "bus figures in /metrics"
+    );
+}
+
+#[test]
+fn a_client_of_a_killed_node_resumes_on_another_with_since_and_loses_nothing() {
+    let redis = Redis::start();
+    let mut killed = cluster_support::spawn_node(&redis.url());
+    let survivor = node(&redis);
+    let b = survivor.local_addr();
+    let (mut ws, ack) = subscriber(killed.addr, "orders", None);
+    let epoch = ack["epoch"].as_str().unwrap().to_string();
+    let mut got = Vec::new();
+    for i in 1..=20 {
+        let (status, _) = publish(b, "orders", &format!("order {i}"));
+        assert_eq!(status, 200);
+    }
+    // The client processes ten, then its node dies.
+    for _ in 0..10 {
+        got.push(next_json(&mut ws)["seq"].as_u64().unwrap());
+    }
+    killed.kill9();
+    drop(ws);
+    for i in 21..=40 {
+        assert_eq!(publish(b, "orders", &format!("order {i}")).0, 200);
+    }
+    let (mut ws, ack) = subscriber(b, "orders", Some((10, &epoch)));
+    assert_eq!(
+        ack["epoch"],
+        epoch.as_str(),
+        "the same numbering on every node"
+    );
+    assert_eq!(ack["seq"], 40);
+    for _ in 11..=40 {
+        let m = next_json(&mut ws);
+        got.push(m["seq"].as_u64().unwrap());
+        assert_eq!(m["data"], format!("order {}", m["seq"]));
+    }
+    assert_eq!(publish(b, "orders", "order 41").0, 200);
+    got.push(next_json(&mut ws)["seq"].as_u64().unwrap());
+    assert_eq!(
+        got,
+        (1..=41).collect::<Vec<_>>(),
+        "nothing lost, nothing twice"
+    );
+}
+
+#[test]
+fn redis_down_gives_503s_and_an_empty_restart_resumes_with_a_reset() {
+    let mut redis = Redis::start();
+    let server = node(&redis);
+    let addr = server.local_addr();
+    let (mut live, ack) = subscriber(addr, "prices", None);
+    let old_epoch = ack["epoch"].as_str().unwrap().to_string();
+    for i in 1..=5 {
+        assert_eq!(publish(addr, "prices", &format!("p{i}")).0, 200);
+    }
+    for i in 1..=5 {
+        assert_eq!(next_json(&mut live)["seq"], i);
+    }
+    redis.stop();
+    // Publishing fails fast, never hangs, and is never answered 200.
+    let t = Instant::now();
+    let (status, answer) = publish(addr, "prices", "during the outage");
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "answered in {:?}",
+        t.elapsed()
+    );
+    let mut ws = ws_connect(addr, "/ws");
+    ws.send(Message::text(
+        json!({"type": "publish", "topic": "prices", "data": "x"}).to_string(),
+    ))
+    .unwrap();
+    let e = next_json(&mut ws);
+    assert_eq!(e["type"], "error", "{e}");
+    eventually(
+        "healthz 503 after the grace",
+        Duration::from_secs(5),
+        || (http_get(addr, "/healthz").status == 503).then_some(()),
+    );
+    // Connected clients stay connected.
+    live.send(Message::Ping(b"still here".to_vec().into()))
+        .unwrap();
+    loop {
+        if let Message::Pong(p) = live.read().unwrap() {
+            assert_eq!(&p[..], b"still here");
+            break;
+        }
+    }
+    redis.restart();
+    let resumed = Instant::now();
+    let answer = eventually("publishing resumes", Duration::from_secs(10), || {
+        let (status, answer) = publish(addr, "prices", "after");
+        (status == 200).then_some(answer)
+    });
+    assert!(resumed.elapsed() < Duration::from_secs(10));
+    let new_epoch = answer["epoch"].as_str().unwrap().to_string();
+    assert_ne!(
+        new_epoch, old_epoch,
+        "Redis lost the numbering: a new epoch"
+    );
+    // The live subscriber is told, then gets the new stream.
+    let reset = next_json(&mut live);
+    assert_eq!(
+        (reset["type"].as_str(), reset["epoch"].as_str()),
+        (Some("reset"), Some(new_epoch.as_str())),
+        "{reset}"
+    );
+    let m = next_json(&mut live);
+    assert_eq!(
+        (m["seq"].as_u64(), m["data"].as_str()),
+        (Some(answer["seq"].as_u64().unwrap()), Some("after"))
+    );
+    // A client resuming with the old epoch is told to start over, not replayed numbers that
+    // now mean other messages.
+    let mut stale = ws_connect(addr, "/ws");
+    let cmd = json!({"type": "subscribe", "topic": "prices", "since": 3, "epoch": old_epoch});
+    stale.send(Message::text(cmd.to_string())).unwrap();
+    assert_eq!(next_json(&mut stale)["type"], "subscribed");
+    assert_eq!(next_json(&mut stale)["type"], "reset");
+    assert!(
+        http_get(addr, "/healthz")
+            .body_text()
+            .contains("bus: connected")
+    );
+}
