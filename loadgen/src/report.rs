@@ -145,6 +145,8 @@ pub struct FanoutReport {
     #[serde(flatten)]
     pub accounting: Accounting,
     pub duplicates: u64,
+    /// First deliveries of a number after a higher one (delivered, so not lost).
+    pub out_of_order: u64,
     pub malformed: u64,
     pub deliveries: u64,
     /// Deliveries per second over the publishing time.
@@ -266,6 +268,7 @@ impl FanoutReport {
             server_subscribers: p.server_subscribers,
             accounting,
             duplicates: c.duplicates,
+            out_of_order: c.out_of_order,
             malformed: c.malformed,
             deliveries: c.deliveries,
             deliveries_per_s: c.deliveries as f64 / span,

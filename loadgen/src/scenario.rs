@@ -11,7 +11,7 @@ use gateway::proto::MessageKind;
 use crate::args::{Config, Scenario};
 use crate::client::{Client, End, Handler, Reply, fail};
 use crate::payload::{self, Delivery, SeqTracker};
-use crate::stats::Results;
+use crate::stats::{Results, count_first};
 
 /// One connection's scenario state.
 #[derive(Debug)]
@@ -200,12 +200,10 @@ impl Work {
         r.delivery.record(now.saturating_sub(f.due_ns));
         r.delivery_uncorrected.record(now.saturating_sub(f.sent_ns));
         match peer.seq.observe(f.seq) {
-            Delivery::First => {
-                let seq = f.seq as usize;
-                if r.per_seq.len() <= seq {
-                    r.per_seq.resize((seq + 1).max(r.per_seq.len() * 2), 0);
-                }
-                r.per_seq[seq] += 1;
+            Delivery::First => count_first(&mut r.per_seq, f.seq as usize),
+            Delivery::Late => {
+                count_first(&mut r.per_seq, f.seq as usize);
+                r.counts.out_of_order += 1;
             }
             Delivery::Duplicate => r.counts.duplicates += 1,
         }

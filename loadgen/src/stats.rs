@@ -197,6 +197,10 @@ pub struct Counts {
     pub deliveries: u64,
     /// Fanout: deliveries of a sequence number a subscriber had already seen.
     pub duplicates: u64,
+    /// Fanout: first deliveries of a sequence number after a higher one (not lost, but out
+    /// of order).
+    #[serde(default)]
+    pub out_of_order: u64,
     /// Fanout: messages a subscriber could not parse as a loadgen payload.
     pub malformed: u64,
     /// Fanout: subscribers open when publishing started.
@@ -216,6 +220,7 @@ impl Counts {
         self.unanswered += o.unanswered;
         self.deliveries += o.deliveries;
         self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
         self.malformed += o.malformed;
         self.subscribers += o.subscribers;
     }
@@ -261,6 +266,14 @@ impl Results {
         self.cut_off.extend_from_slice(&o.cut_off);
         self.ramp_s = self.ramp_s.max(o.ramp_s);
     }
+}
+
+/// Counts one first-time delivery of `seq` in per-sequence counts.
+pub(crate) fn count_first(per_seq: &mut Vec<u32>, seq: usize) {
+    if per_seq.len() <= seq {
+        per_seq.resize((seq + 1).max(per_seq.len() * 2), 0);
+    }
+    per_seq[seq] += 1;
 }
 
 /// Per-sequence counts are long runs of one value (every subscriber got every message), so

@@ -173,13 +173,14 @@ fn fanout_rows(r: &Report, rows: &mut Vec<Row>) {
 fn delivery_rows(f: &FanoutReport, rows: &mut Vec<Row>) {
     let acc = &f.accounting;
     rows.push(Row::More(format!(
-        "{} deliveries ({:.0}/s): expected {}, missing at the end {} over {} messages, {} duplicated, {} malformed",
+        "{} deliveries ({:.0}/s): expected {}, missing at the end {} over {} messages, {} duplicated, {} out of order, {} malformed",
         f.deliveries,
         f.deliveries_per_s,
         acc.expected,
         acc.lost,
         acc.seqs_with_loss,
         f.duplicates,
+        f.out_of_order,
         f.malformed
     )));
     if acc.subscribers_cut_off > 0 || !f.server_closes.is_empty() {
