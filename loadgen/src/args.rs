@@ -73,8 +73,11 @@ pub enum PublisherKind {
 #[command(name = "loadgen", version)]
 pub struct Args {
     /// Target URL [default: ws://127.0.0.1:8080/echo; for fanout ws://127.0.0.1:8080/ws/chat/loadgen].
-    #[arg(long)]
-    pub url: Option<String>,
+    /// Repeat it, or give a comma-separated list, to spread the connections round-robin over
+    /// several nodes of a cluster (connection i goes to URL i mod N); the publisher publishes
+    /// on the first, and the summary adds a row per node.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub url: Vec<String>,
     /// Connections (clients; for fanout and flood, subscribers) to open.
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
@@ -122,7 +125,8 @@ pub struct Args {
     /// Worker processes [default: as many as the open-file limit requires; 1 runs in-process].
     #[arg(long)]
     pub procs: Option<usize>,
-    /// Loopback targets: connections per source address 127.0.0.K. Each address has its own
+    /// Loopback targets: connections per source address 127.0.0.K and node (--url). Each
+    /// address has its own
     /// ~28k ephemeral ports toward one server port, but the kernel's search for a free port in
     /// connect() slows down as they fill (and gave EADDRNOTAVAIL near 15k here); 5000 keeps it
     /// cheap and still reaches 1.27 million connections over 127.0.0.1-254.
@@ -165,9 +169,14 @@ pub struct Args {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     pub scenario: Scenario,
+    /// The first node: where the publisher publishes (and the only node with one `--url`).
     pub target: Endpoint,
-    /// The URL as given, for reports.
+    /// Every node, `target` first; connection i goes to `targets[i % targets.len()]`.
+    pub targets: Vec<Endpoint>,
+    /// The URLs as given, comma-separated, for reports.
     pub url: String,
+    /// Each node's URL as given, in the order of `targets`.
+    pub urls: Vec<String>,
     pub conns: usize,
     pub duration: Duration,
     /// Connections per second while ramping; 0 = unlimited.
@@ -204,16 +213,21 @@ pub struct Config {
 
 pub use gateway::cli::parse_duration;
 
+/// The URLs as given, their nodes resolved, and the publish endpoint.
+type Endpoints = (Vec<String>, Vec<Endpoint>, Option<Endpoint>);
+
 impl Args {
     /// Checks the flags together and resolves the URLs.
     pub fn into_config(self) -> Result<Config, String> {
         self.check_numbers()?;
         let (threads, procs) = self.threads_and_procs()?;
-        let (url, target, publish) = self.endpoints()?;
+        let (urls, targets, publish) = self.endpoints()?;
         Ok(Config {
             scenario: self.scenario,
-            target,
-            url,
+            target: targets[0].clone(),
+            targets,
+            url: urls.join(","),
+            urls,
             conns: self.conns,
             duration: self.duration,
             connect_rate: self.connect_rate,
@@ -303,16 +317,22 @@ impl Args {
         Ok((threads, procs))
     }
 
-    /// The URL as given (or the scenario's default), the resolved target and publish endpoint.
-    fn endpoints(&self) -> Result<(String, Endpoint, Option<Endpoint>), String> {
+    /// The URLs as given (or the scenario's default), the resolved nodes (the publisher's
+    /// first) and the publish endpoint.
+    fn endpoints(&self) -> Result<Endpoints, String> {
         let default_url = match self.scenario {
             Scenario::Fanout | Scenario::Flood => "ws://127.0.0.1:8080/ws/chat/loadgen",
             _ => "ws://127.0.0.1:8080/echo",
         };
-        let url = self.url.clone().unwrap_or_else(|| default_url.to_string());
-        let mut target = url::parse_ws(&url).map_err(|e| format!("--url {e}"))?;
-        if target.tls.is_some() {
-            target.tls = Some(match (&self.ca, self.insecure) {
+        let urls = if self.url.is_empty() {
+            vec![default_url.to_string()]
+        } else {
+            self.url.clone()
+        };
+        let mut targets = url::parse_ws_list(&urls).map_err(|e| format!("--url {e}"))?;
+        let url = &urls[0];
+        let trust = if targets[0].tls.is_some() {
+            Some(match (&self.ca, self.insecure) {
                 (Some(ca), _) => Trust::from_ca_file(ca)?,
                 (None, true) => Trust::Insecure,
                 (None, false) => {
@@ -321,22 +341,29 @@ impl Args {
                          signed the gateway's) or --insecure (any, for test certificates)"
                     ));
                 }
-            });
+            })
         } else if self.ca.is_some() || self.insecure {
             return Err("--ca and --insecure go with a wss:// --url".into());
+        } else {
+            None
+        };
+        for t in &mut targets {
+            t.tls.clone_from(&trust);
         }
-        if target.is_loopback_v4() && self.conns.div_ceil(self.per_addr) > 254 {
+        let per_node = self.conns.div_ceil(targets.len());
+        if targets.iter().any(|t| t.is_loopback_v4()) && per_node.div_ceil(self.per_addr) > 254 {
             return Err(format!(
                 "{} connections at --per-addr {} need more than the 254 source addresses \
                  127.0.0.1-127.0.0.254; raise --per-addr",
                 self.conns, self.per_addr
             ));
         }
+        let target = &targets[0];
         let publish = match (self.scenario.publishes(), self.publisher, &self.publish_url) {
             (true, PublisherKind::Http, Some(u)) => {
                 Some(url::parse_http(u).map_err(|e| format!("--publish-url {e}"))?)
             }
-            (true, PublisherKind::Http, None) => Some(url::publish_url_for(&target)?),
+            (true, PublisherKind::Http, None) => Some(url::publish_url_for(target)?),
             _ => None,
         };
         if publish.as_ref().is_some_and(|p| p.tls.is_some()) {
@@ -346,7 +373,7 @@ impl Args {
                     .into(),
             );
         }
-        Ok((url, target, publish))
+        Ok((urls, targets, publish))
     }
 }
 

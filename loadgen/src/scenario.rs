@@ -18,6 +18,8 @@ use crate::stats::{Results, count_first};
 pub struct Peer {
     /// Global index of the connection (in echo payloads).
     pub index: u32,
+    /// The node (`--url`) it connects to.
+    pub node: u32,
     /// Echo: messages sent and echoes verified.
     pub sent: u64,
     pub recvd: u64,
@@ -29,9 +31,10 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(index: usize) -> Peer {
+    pub fn new(index: usize, node: usize) -> Peer {
         Peer {
             index: index as u32,
+            node: node as u32,
             sent: 0,
             recvd: 0,
             seq: SeqTracker::default(),

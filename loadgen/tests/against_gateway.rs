@@ -212,6 +212,31 @@ fn flood_without_subscribers() {
     assert_eq!((f.subscribers, f.deliveries), (0, 0));
 }
 
+/// The connect scenario over two nodes: the connections alternate between them.
+#[test]
+fn connect_over_two_nodes_splits_the_connections() {
+    let (one, two) = (gateway(), gateway());
+    let (a, b) = (
+        format!("ws://{}/echo", one.local_addr()),
+        format!("ws://{}/echo", two.local_addr()),
+    );
+    let cfg = config(&[
+        "--url",
+        &a,
+        "--url",
+        &b,
+        "--conns",
+        "31",
+        "--duration",
+        "200ms",
+    ]);
+    let r = loadgen::run(&cfg).expect("run");
+    assert!(r.ok, "{}", r.summary());
+    assert_eq!(r.connect.connected, 31);
+    assert_eq!(one.stats().total("ws_opened_total"), 16);
+    assert_eq!(two.stats().total("ws_opened_total"), 15);
+}
+
 /// The binary's contract for bad invocations: one line on stderr, a non-zero status, no panic.
 #[test]
 fn bad_invocations_are_one_line_and_non_zero() {
