@@ -25,6 +25,8 @@ pub enum Row {
     Count(u64, String),
     /// A remark of its own.
     Note(&'static str),
+    /// A small table: its caption, column heads and rows of cells (the per-node figures).
+    Table(&'static str, Vec<&'static str>, Vec<Vec<String>>),
 }
 
 /// Every row of the report, in order.
@@ -41,6 +43,7 @@ pub fn rows(r: &Report) -> Vec<Row> {
     rows.push(Row::Field("handshake", fmt_percentiles(&c.handshake)));
     echo_rows(r, &mut rows);
     fanout_rows(r, &mut rows);
+    node_rows(r, &mut rows);
     if !r.failures.is_empty() {
         rows.push(Row::Heading("failures by cause:"));
         rows.extend(r.failures.iter().map(|(k, n)| Row::Count(*n, k.clone())));
@@ -212,6 +215,75 @@ fn delivery_rows(f: &FanoutReport, rows: &mut Vec<Row>) {
     ));
 }
 
+/// Several `--url`s: one row per node, after the totals. Fan-out and flood show what each
+/// node's subscribers received; the other scenarios each node's connections and handshakes.
+fn node_rows(r: &Report, rows: &mut Vec<Row>) {
+    if r.nodes.is_empty() {
+        return;
+    }
+    let publishes = r.scenario.publishes();
+    let head = if publishes {
+        vec![
+            "node",
+            "url",
+            "conns",
+            "connected",
+            "subscribers",
+            "deliveries",
+            "lost",
+            "dup",
+            "out-of-order",
+            "p50",
+            "p99",
+            "max",
+        ]
+    } else {
+        vec!["node", "url", "conns", "connected", "p50", "p99", "max"]
+    };
+    let body = r
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut cells = vec![
+                (i + 1).to_string(),
+                n.url.clone(),
+                n.conns.to_string(),
+                n.connected.to_string(),
+            ];
+            let latency = if publishes {
+                cells.extend(
+                    [
+                        n.subscribers,
+                        n.deliveries,
+                        n.lost,
+                        n.duplicates,
+                        n.out_of_order,
+                    ]
+                    .map(|v| v.to_string()),
+                );
+                &n.latency
+            } else {
+                &n.handshake
+            };
+            cells.extend([latency.p50_us, latency.p99_us, latency.max_us].map(|us| {
+                if latency.count == 0 {
+                    "-".to_string()
+                } else {
+                    fmt_us(us)
+                }
+            }));
+            cells
+        })
+        .collect();
+    let caption = if publishes {
+        "per node (delivery latency):"
+    } else {
+        "per node (handshake latency):"
+    };
+    rows.push(Row::Table(caption, head, body));
+}
+
 fn cpu_rows(r: &Report, rows: &mut Vec<Row>) {
     let cpu = &r.cpu;
     rows.push(Row::Field(
@@ -260,10 +332,46 @@ impl Report {
                 Row::Heading(h) => writeln!(s, "  {h}"),
                 Row::Count(n, cause) => writeln!(s, "    {n:>8}  {cause}"),
                 Row::Note(t) => writeln!(s, "  {t}"),
+                Row::Table(caption, head, body) => write_table(&mut s, caption, &head, &body),
             };
         }
         s
     }
+}
+
+/// A table as aligned text: the caption, then the heads and each row, columns padded to the
+/// widest cell (the url left-aligned, numbers right-aligned).
+fn write_table(
+    s: &mut String,
+    caption: &str,
+    head: &[&str],
+    body: &[Vec<String>],
+) -> std::fmt::Result {
+    writeln!(s, "  {caption}")?;
+    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for row in body {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |s: &mut String, cells: Vec<&str>| {
+        let mut out = String::from("    ");
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            let cell = if i == 1 {
+                format!("{cell:<w$}")
+            } else {
+                format!("{cell:>w$}")
+            };
+            out.push_str(&cell);
+            out.push_str("  ");
+        }
+        writeln!(s, "{}", out.trim_end())
+    };
+    line(s, head.to_vec())?;
+    for row in body {
+        line(s, row.iter().map(String::as_str).collect())?;
+    }
+    Ok(())
 }
 
 fn fmt_us(us: f64) -> String {

@@ -1,5 +1,5 @@
 //! Tests of the summary rows: what a run pushed back by the server (refusals, slow consumers
-//! closed) prints, in the text and the JSON alike.
+//! closed) and a run over two nodes print, in the text, the HTML page and the JSON alike.
 
 use crate::publisher::{Answers, Published};
 use crate::report::{Report, TargetCpu, Timing};
@@ -113,6 +113,112 @@ fn flood_counts_refusals_server_closes_and_peak_memory() {
     assert_eq!(json["fanout"]["answers"]["busy"], 2);
     assert_eq!(json["fanout"]["server_closes"]["1008"], 1);
     assert_eq!(json["cpu"]["targets"][0]["rss_peak"], 40 << 20);
+}
+
+/// Two nodes: the publisher's node got everything, the other nothing (no bus between
+/// them). The totals and the per-node table say so, in the text and the page alike.
+#[test]
+fn per_node_table_after_the_totals() {
+    let urls = "ws://127.0.0.1:1/ws/chat/a,ws://127.0.0.1:2/ws/chat/a";
+    let argv = [
+        "loadgen",
+        "--scenario",
+        "fanout",
+        "--conns",
+        "4",
+        "--url",
+        urls,
+    ];
+    let cfg = crate::args::parse(argv).unwrap();
+    let mut r = Results::default();
+    r.counts.connected = 4;
+    r.counts.closed_clean = 4;
+    r.counts.subscribers = 4;
+    r.counts.deliveries = 10;
+    r.per_seq = vec![2; 5];
+    r.nodes = vec![crate::nodes::NodeResults::default(); 2];
+    for (k, n) in r.nodes.iter_mut().enumerate() {
+        (n.connected, n.subscribers) = (2, 2);
+        n.handshake.record(1_000_000);
+        if k == 0 {
+            n.deliveries = 10;
+            n.per_seq = vec![2; 5];
+            for _ in 0..10 {
+                n.delivery.record(2_000_000);
+                r.delivery.record(2_000_000);
+            }
+        }
+    }
+    let published = Published {
+        accepted: vec![true; 5],
+        ..Published::default()
+    };
+    let timing = Timing::default();
+    let cpu = CpuTime::default();
+    let rep = Report::build(&cfg, 1, 1, r, Some(published), timing, cpu, vec![], vec![]);
+    assert_eq!(rep.nodes.len(), 2);
+    assert_eq!((rep.nodes[0].lost, rep.nodes[1].lost), (0, 10));
+    assert_eq!(rep.fanout.as_ref().unwrap().accounting.lost, 10);
+    assert!(!rep.ok);
+    assert!(
+        rep.not_ok_reasons()
+            .contains(&"10 deliveries lost (node 2: 10)".to_string())
+    );
+    let text = rep.summary();
+    let table: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("per node (delivery latency):"))
+        .skip(1)
+        .take(3)
+        .collect();
+    assert_eq!(table.len(), 3, "{text}");
+    let cells = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+    assert_eq!(
+        cells(table[0])[..5],
+        ["node", "url", "conns", "connected", "subscribers"]
+    );
+    assert_eq!(
+        cells(table[1])[..9],
+        [
+            "1",
+            "ws://127.0.0.1:1/ws/chat/a",
+            "2",
+            "2",
+            "2",
+            "10",
+            "0",
+            "0",
+            "0"
+        ]
+    );
+    assert_eq!(
+        cells(table[2])[..9],
+        [
+            "2",
+            "ws://127.0.0.1:2/ws/chat/a",
+            "2",
+            "2",
+            "2",
+            "0",
+            "10",
+            "0",
+            "0"
+        ]
+    );
+    assert!(table[1].ends_with("2.00 ms  2.00 ms  2.00 ms"), "{text}");
+    assert_eq!(cells(table[2])[9..], ["-", "-", "-"], "{text}");
+    let page = crate::html::render(&rep);
+    assert!(
+        page.contains("<td>ws://127.0.0.1:2/ws/chat/a</td>"),
+        "{page}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&rep.to_json()).unwrap();
+    assert_eq!(json["nodes"][1]["lost"], 10);
+    assert_eq!(json["nodes"][0]["latency"]["count"], 10);
+    // One node: no table, and no "nodes" in the JSON.
+    let one = pushed_back("fanout");
+    assert!(!one.summary().contains("per node"));
+    assert!(!one.to_json().contains("\"nodes\""));
 }
 
 #[test]
