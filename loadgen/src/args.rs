@@ -69,6 +69,14 @@ pub enum PublisherKind {
 /// Retry-After), the deliveries, the subscribers the server closed and with which close code
 /// (1008: slow consumer), and with --target-pid the target's peak and final memory (VmRSS,
 /// sampled every 100 ms). --conns may be 0 (no subscribers).
+///
+/// Across nodes (a cluster of gateways): give --url several times or as a comma-separated list
+/// (`--url ws://127.0.0.1:8080/ws/chat/t,ws://127.0.0.1:8081/ws/chat/t`). Connection i goes to
+/// URL i mod N (subscribers, echo and connect clients alike); the publisher publishes on the
+/// first URL only (the HTTP publisher to /publish/TOPIC there, unless --publish-url). The
+/// summary, --report and --json then add one row per node: connections, subscribers,
+/// deliveries, lost (accepted messages a subscriber never got), duplicated, out of order, and
+/// latency p50/p99/max. --per-addr counts per source address and node.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version)]
 pub struct Args {

@@ -208,6 +208,18 @@ mod tests {
     }
 
     #[test]
+    fn help_says_how_to_run_across_nodes() {
+        let help = crate::args::parse(["loadgen", "--help"])
+            .unwrap_err()
+            .info()
+            .unwrap();
+        assert!(
+            help.contains("Across nodes") && help.contains("URL i mod N"),
+            "{help}"
+        );
+    }
+
+    #[test]
     fn url_lists_refused_with_one_line() {
         let table: &[(&[&str], &str)] = &[
             (
