@@ -115,10 +115,9 @@ fn flood_counts_refusals_server_closes_and_peak_memory() {
     assert_eq!(json["cpu"]["targets"][0]["rss_peak"], 40 << 20);
 }
 
-/// Two nodes: the publisher's node got everything, the other nothing (no bus between
-/// them). The totals and the per-node table say so, in the text and the page alike.
-#[test]
-fn per_node_table_after_the_totals() {
+/// Two nodes of 2 subscribers, 5 messages: the publisher's node got everything, the other
+/// nothing (no bus between them).
+fn two_nodes() -> Report {
     let urls = "ws://127.0.0.1:1/ws/chat/a,ws://127.0.0.1:2/ws/chat/a";
     let argv = [
         "loadgen",
@@ -155,7 +154,14 @@ fn per_node_table_after_the_totals() {
     };
     let timing = Timing::default();
     let cpu = CpuTime::default();
-    let rep = Report::build(&cfg, 1, 1, r, Some(published), timing, cpu, vec![], vec![]);
+    Report::build(&cfg, 1, 1, r, Some(published), timing, cpu, vec![], vec![])
+}
+
+/// The totals and the per-node table say where the losses were, in the text, the page and
+/// the JSON alike.
+#[test]
+fn per_node_table_after_the_totals() {
+    let rep = two_nodes();
     assert_eq!(rep.nodes.len(), 2);
     assert_eq!((rep.nodes[0].lost, rep.nodes[1].lost), (0, 10));
     assert_eq!(rep.fanout.as_ref().unwrap().accounting.lost, 10);
