@@ -69,12 +69,23 @@ pub enum PublisherKind {
 /// Retry-After), the deliveries, the subscribers the server closed and with which close code
 /// (1008: slow consumer), and with --target-pid the target's peak and final memory (VmRSS,
 /// sampled every 100 ms). --conns may be 0 (no subscribers).
+///
+/// Across nodes (a cluster of gateways): give --url several times or as a comma-separated list
+/// (`--url ws://127.0.0.1:8080/ws/chat/t,ws://127.0.0.1:8081/ws/chat/t`). Connection i goes to
+/// URL i mod N (subscribers, echo and connect clients alike); the publisher publishes on the
+/// first URL only (the HTTP publisher to /publish/TOPIC there, unless --publish-url). The
+/// summary, --report and --json then add one row per node: connections, subscribers,
+/// deliveries, lost (accepted messages a subscriber never got), duplicated, out of order, and
+/// latency p50/p99/max. --per-addr counts per source address and node.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version)]
 pub struct Args {
     /// Target URL [default: ws://127.0.0.1:8080/echo; for fanout ws://127.0.0.1:8080/ws/chat/loadgen].
-    #[arg(long)]
-    pub url: Option<String>,
+    /// Repeat it, or give a comma-separated list, to spread the connections round-robin over
+    /// several nodes of a cluster (connection i goes to URL i mod N); the publisher publishes
+    /// on the first, and the summary adds a row per node.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub url: Vec<String>,
     /// Connections (clients; for fanout and flood, subscribers) to open.
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
@@ -122,7 +133,8 @@ pub struct Args {
     /// Worker processes [default: as many as the open-file limit requires; 1 runs in-process].
     #[arg(long)]
     pub procs: Option<usize>,
-    /// Loopback targets: connections per source address 127.0.0.K. Each address has its own
+    /// Loopback targets: connections per source address 127.0.0.K and node (--url). Each
+    /// address has its own
     /// ~28k ephemeral ports toward one server port, but the kernel's search for a free port in
     /// connect() slows down as they fill (and gave EADDRNOTAVAIL near 15k here); 5000 keeps it
     /// cheap and still reaches 1.27 million connections over 127.0.0.1-254.
@@ -165,9 +177,14 @@ pub struct Args {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     pub scenario: Scenario,
+    /// The first node: where the publisher publishes (and the only node with one `--url`).
     pub target: Endpoint,
-    /// The URL as given, for reports.
+    /// Every node, `target` first; connection i goes to `targets[i % targets.len()]`.
+    pub targets: Vec<Endpoint>,
+    /// The URLs as given, comma-separated, for reports.
     pub url: String,
+    /// Each node's URL as given, in the order of `targets`.
+    pub urls: Vec<String>,
     pub conns: usize,
     pub duration: Duration,
     /// Connections per second while ramping; 0 = unlimited.
@@ -204,16 +221,21 @@ pub struct Config {
 
 pub use gateway::cli::parse_duration;
 
+/// The URLs as given, their nodes resolved, and the publish endpoint.
+type Endpoints = (Vec<String>, Vec<Endpoint>, Option<Endpoint>);
+
 impl Args {
     /// Checks the flags together and resolves the URLs.
     pub fn into_config(self) -> Result<Config, String> {
         self.check_numbers()?;
         let (threads, procs) = self.threads_and_procs()?;
-        let (url, target, publish) = self.endpoints()?;
+        let (urls, targets, publish) = self.endpoints()?;
         Ok(Config {
             scenario: self.scenario,
-            target,
-            url,
+            target: targets[0].clone(),
+            targets,
+            url: urls.join(","),
+            urls,
             conns: self.conns,
             duration: self.duration,
             connect_rate: self.connect_rate,
@@ -303,16 +325,22 @@ impl Args {
         Ok((threads, procs))
     }
 
-    /// The URL as given (or the scenario's default), the resolved target and publish endpoint.
-    fn endpoints(&self) -> Result<(String, Endpoint, Option<Endpoint>), String> {
+    /// The URLs as given (or the scenario's default), the resolved nodes (the publisher's
+    /// first) and the publish endpoint.
+    fn endpoints(&self) -> Result<Endpoints, String> {
         let default_url = match self.scenario {
             Scenario::Fanout | Scenario::Flood => "ws://127.0.0.1:8080/ws/chat/loadgen",
             _ => "ws://127.0.0.1:8080/echo",
         };
-        let url = self.url.clone().unwrap_or_else(|| default_url.to_string());
-        let mut target = url::parse_ws(&url).map_err(|e| format!("--url {e}"))?;
-        if target.tls.is_some() {
-            target.tls = Some(match (&self.ca, self.insecure) {
+        let urls = if self.url.is_empty() {
+            vec![default_url.to_string()]
+        } else {
+            self.url.clone()
+        };
+        let mut targets = url::parse_ws_list(&urls).map_err(|e| format!("--url {e}"))?;
+        let url = &urls[0];
+        let trust = if targets[0].tls.is_some() {
+            Some(match (&self.ca, self.insecure) {
                 (Some(ca), _) => Trust::from_ca_file(ca)?,
                 (None, true) => Trust::Insecure,
                 (None, false) => {
@@ -321,22 +349,29 @@ impl Args {
                          signed the gateway's) or --insecure (any, for test certificates)"
                     ));
                 }
-            });
+            })
         } else if self.ca.is_some() || self.insecure {
             return Err("--ca and --insecure go with a wss:// --url".into());
+        } else {
+            None
+        };
+        for t in &mut targets {
+            t.tls.clone_from(&trust);
         }
-        if target.is_loopback_v4() && self.conns.div_ceil(self.per_addr) > 254 {
+        let per_node = self.conns.div_ceil(targets.len());
+        if targets.iter().any(|t| t.is_loopback_v4()) && per_node.div_ceil(self.per_addr) > 254 {
             return Err(format!(
                 "{} connections at --per-addr {} need more than the 254 source addresses \
                  127.0.0.1-127.0.0.254; raise --per-addr",
                 self.conns, self.per_addr
             ));
         }
+        let target = &targets[0];
         let publish = match (self.scenario.publishes(), self.publisher, &self.publish_url) {
             (true, PublisherKind::Http, Some(u)) => {
                 Some(url::parse_http(u).map_err(|e| format!("--publish-url {e}"))?)
             }
-            (true, PublisherKind::Http, None) => Some(url::publish_url_for(&target)?),
+            (true, PublisherKind::Http, None) => Some(url::publish_url_for(target)?),
             _ => None,
         };
         if publish.as_ref().is_some_and(|p| p.tls.is_some()) {
@@ -346,7 +381,7 @@ impl Args {
                     .into(),
             );
         }
-        Ok((url, target, publish))
+        Ok((urls, targets, publish))
     }
 }
 
@@ -400,173 +435,5 @@ impl ArgError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ok(args: &[&str]) -> Config {
-        let mut argv = vec!["loadgen"];
-        argv.extend_from_slice(args);
-        parse(argv).unwrap_or_else(|e| panic!("{args:?}: {}", e.line()))
-    }
-
-    fn err(args: &[&str]) -> String {
-        let mut argv = vec!["loadgen"];
-        argv.extend_from_slice(args);
-        let e = parse(argv).expect_err("should be refused");
-        assert!(e.info().is_none());
-        let line = e.line();
-        assert!(!line.contains('\n') && !line.is_empty(), "{line:?}");
-        line
-    }
-
-    #[test]
-    fn defaults() {
-        let c = ok(&[]);
-        assert_eq!(c.scenario, Scenario::Connect);
-        assert_eq!(c.conns, 1000);
-        assert_eq!(c.target.path, "/echo");
-        assert_eq!(c.target.addr, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.duration, Duration::from_secs(10));
-        assert_eq!(c.procs, 0);
-        assert!(c.threads >= 1);
-        assert!(c.publish.is_none());
-    }
-
-    #[test]
-    fn flags() {
-        let c = ok(&[
-            "--conns",
-            "50000",
-            "--scenario",
-            "echo",
-            "--duration",
-            "500ms",
-            "--pipeline",
-            "4",
-            "--size",
-            "128",
-            "--url",
-            "ws://127.0.0.1:9000/echo",
-            "--procs",
-            "3",
-            "--threads",
-            "2",
-            "--target-pid",
-            "10,11",
-            "--target-pid",
-            "12",
-            "--json",
-            "out.json",
-            "--report",
-            "r.html",
-            "-q",
-        ]);
-        assert_eq!(c.conns, 50_000);
-        assert_eq!(c.scenario, Scenario::Echo);
-        assert_eq!(c.duration, Duration::from_millis(500));
-        assert_eq!((c.pipeline, c.size, c.procs, c.threads), (4, 128, 3, 2));
-        assert_eq!(c.target.addr.port(), 9000);
-        assert_eq!(c.target_pids, [10, 11, 12]);
-        assert_eq!(c.json.as_deref(), Some(std::path::Path::new("out.json")));
-        assert!(c.quiet);
-    }
-
-    #[test]
-    fn fanout_defaults_and_publish_url() {
-        let c = ok(&["--scenario", "fanout"]);
-        assert_eq!(c.target.path, "/ws/chat/loadgen");
-        assert_eq!(c.publish.as_ref().unwrap().path, "/publish/chat/loadgen");
-        let c = ok(&[
-            "--scenario",
-            "fanout",
-            "--publisher",
-            "ws",
-            "--url",
-            "ws://127.0.0.1:1/x",
-        ]);
-        assert!(c.publish.is_none());
-        let c = ok(&[
-            "--scenario",
-            "fanout",
-            "--url",
-            "ws://127.0.0.1:1/x",
-            "--publish-url",
-            "http://127.0.0.1:1/publish/y",
-        ]);
-        assert_eq!(c.publish.unwrap().path, "/publish/y");
-    }
-
-    #[test]
-    fn refusals_are_one_line() {
-        let table: &[(&[&str], &str)] = &[
-            (&["--conns", "0"], "--conns must be at least 1"),
-            (&["--conns", "-5"], "-5"),
-            (&["--conns", "many"], "--conns"),
-            (&["--url", "http://127.0.0.1:8080/echo"], "not a ws://"),
-            (&["--url", "wss://127.0.0.1/echo"], "--insecure"),
-            (&["--insecure"], "wss://"),
-            (
-                &[
-                    "--url",
-                    "wss://127.0.0.1/echo",
-                    "--ca",
-                    "/nonexistent/ca.pem",
-                ],
-                "/nonexistent/ca.pem",
-            ),
-            (
-                &[
-                    "--url",
-                    "wss://127.0.0.1/ws/chat/x",
-                    "--insecure",
-                    "--scenario",
-                    "fanout",
-                ],
-                "--publisher ws",
-            ),
-            (&["--scenario", "bogus"], "bogus"),
-            (&["--duration", "0s"], "positive"),
-            (&["--duration", "5 parsecs"], "unit"),
-            (&["--scenario", "echo", "--size", "8"], "at least 20"),
-            (&["--pipeline", "0"], "--pipeline"),
-            (&["--threads", "0"], "--threads"),
-            (&["--procs", "0"], "--procs"),
-            (&["--conns", "2", "--procs", "3"], "more than --conns"),
-            (&["--scenario", "fanout", "--rate", "0"], "--rate"),
-            (
-                &["--scenario", "fanout", "--url", "ws://127.0.0.1/echo"],
-                "--publish-url",
-            ),
-            (
-                &["--conns", "100000", "--per-addr", "10"],
-                "source addresses",
-            ),
-            (&["--conns", "2000000"], "source addresses"),
-            (&["--connect-rate=-1"], "--connect-rate"),
-            (
-                &["--scenario", "echo", "--hold-stdin"],
-                "--scenario connect",
-            ),
-            (&["--echo-check", "--size", "8"], "at least 20"),
-            (&["--nope"], "--nope"),
-        ];
-        for (args, want) in table {
-            let line = err(args);
-            assert!(line.contains(want), "{args:?}: {line}");
-        }
-    }
-
-    #[test]
-    fn help_is_not_an_error() {
-        let e = parse(["loadgen", "--help"]).unwrap_err();
-        assert!(e.info().unwrap().contains("--conns"));
-    }
-
-    #[test]
-    fn config_roundtrips_through_json() {
-        let c = ok(&["--scenario", "fanout", "--conns", "7"]);
-        let text = serde_json::to_string(&c).unwrap();
-        let back: Config = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, c);
-    }
-}
+#[path = "args_tests.rs"]
+mod tests;

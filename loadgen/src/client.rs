@@ -66,35 +66,49 @@ pub enum Status {
 }
 
 /// What the clients of one thread share: the read buffer, the cork, the random source, and
-/// the upgrade request they send.
+/// the upgrade request they send (one per node).
 #[derive(Debug)]
 pub struct Io {
     read_buf: Vec<u8>,
     /// Output gathered for one connection during one call, written with one syscall.
     pub cork: Vec<u8>,
     rng: Rng,
+    /// Per node (`--url`), in order: what the upgrade request of its connections says.
+    nodes: Vec<Upgrade>,
+    deflate: bool,
+}
+
+/// The upgrade request's part that depends on the node.
+#[derive(Debug)]
+struct Upgrade {
     host: String,
     path: String,
-    deflate: bool,
     /// `wss://`: the TLS configuration and the server name every connection asks for.
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
 impl Io {
-    /// `deflate`: offer permessage-deflate in every upgrade request.
-    pub fn new(target: &Endpoint, deflate: bool, seed: u64) -> Io {
+    /// For clients of `targets` (a connection names its node, an index in it); `deflate`:
+    /// offer permessage-deflate in every upgrade request.
+    pub fn new(targets: &[Endpoint], deflate: bool, seed: u64) -> Io {
+        let nodes = targets
+            .iter()
+            .map(|target| Upgrade {
+                host: target.host.clone(),
+                path: target.path.clone(),
+                tls: target.tls.as_ref().and_then(|trust| {
+                    // The URL's server name was checked when it was parsed.
+                    let name = tls::server_name(&target.host).ok()?;
+                    Some((tls::client_config(trust), name))
+                }),
+            })
+            .collect();
         Io {
             read_buf: vec![0; READ_BUF],
             cork: Vec::with_capacity(64 * 1024),
             rng: Rng::new(seed),
-            host: target.host.clone(),
-            path: target.path.clone(),
+            nodes,
             deflate,
-            tls: target.tls.as_ref().and_then(|trust| {
-                // The URL's server name was checked when it was parsed.
-                let name = tls::server_name(&target.host).ok()?;
-                Some((tls::client_config(trust), name))
-            }),
         }
     }
 }
@@ -144,6 +158,8 @@ enum Stage {
 #[derive(Debug)]
 pub struct Client {
     stream: TcpStream,
+    /// Which of the thread's nodes (see [`Io`]) it connects to.
+    node: usize,
     /// `wss://`: the TLS state, from the moment the TCP connect completes.
     tls: Option<Box<ClientConnection>>,
     stage: Stage,
@@ -157,10 +173,17 @@ pub struct Client {
 }
 
 impl Client {
-    /// Starts connecting to `target` from `src` (see `sockets::source_addr`).
-    pub fn connect(target: SocketAddr, src: Option<Ipv4Addr>, now_ns: u64) -> io::Result<Client> {
+    /// Starts connecting to `target`, node `node` of the [`Io`] it will be driven with, from
+    /// `src` (see `sockets::source_addr`).
+    pub fn connect(
+        target: SocketAddr,
+        node: usize,
+        src: Option<Ipv4Addr>,
+        now_ns: u64,
+    ) -> io::Result<Client> {
         Ok(Client {
             stream: open_socket(target, src)?,
+            node,
             tls: None,
             stage: Stage::Connecting,
             started_ns: now_ns,
@@ -219,7 +242,8 @@ impl Client {
             Ok(false) => return Ok(false),
             Err(e) => return Err(fail(connect_cause(&e))),
         }
-        if let Some((config, name)) = &io.tls {
+        let upgrade = &io.nodes[self.node];
+        if let Some((config, name)) = &upgrade.tls {
             let mut conn = ClientConnection::new(config.clone(), name.clone())
                 .map_err(|e| fail(format!("tls: {e}")))?;
             // rustls takes plaintext only once its records went out, one chunk at a time.
@@ -232,7 +256,7 @@ impl Client {
         } else {
             &[]
         };
-        write_client_request(&mut io.cork, &io.host, &io.path, &key, extra);
+        write_client_request(&mut io.cork, &upgrade.host, &upgrade.path, &key, extra);
         self.stage = Stage::Handshaking {
             key: key.into_boxed_str(),
             deflate: io.deflate,

@@ -21,6 +21,7 @@ use crate::args::{Config, Scenario};
 use crate::client::{Client, End, Io, Status, fail};
 use crate::clock::now_ns;
 use crate::control::{Control, Phase, Share};
+use crate::nodes::node_of;
 use crate::scenario::{OnConn, Peer, Work};
 use crate::sockets::{connect_cause, source_addr};
 use crate::stats::Results;
@@ -74,7 +75,7 @@ impl Engine {
         Ok(Engine {
             poll: Poll::new()?,
             conns: Slab::with_capacity(share.count),
-            io: Io::new(&cfg.target, cfg.deflate, seed),
+            io: Io::new(&cfg.targets, cfg.deflate, seed),
             work: Work::new(cfg),
             control,
             share,
@@ -284,9 +285,11 @@ impl Engine {
     fn start_one(&mut self, index: usize, now: u64) {
         let cfg = &self.work.cfg;
         self.work.results.counts.attempted += 1;
-        let src = source_addr(&cfg.target, cfg.per_addr, index);
+        let (node, rank) = node_of(index, cfg.targets.len());
+        let target = &cfg.targets[node];
+        let src = source_addr(target, cfg.per_addr, rank);
         let timeout = cfg.timeout.as_nanos() as u64;
-        let mut client = match Client::connect(cfg.target.addr, src, now) {
+        let mut client = match Client::connect(target.addr, node, src, now) {
             Ok(c) => c,
             Err(e) => return self.work.failed(&connect_cause(&e)),
         };
@@ -304,7 +307,7 @@ impl Engine {
         entry.insert(Conn {
             client,
             generation: id.generation,
-            peer: Peer::new(index),
+            peer: Peer::new(index, node),
         });
         self.work.pending += 1;
         self.deadlines.push_back((id, now + timeout));

@@ -319,8 +319,34 @@ fn table(r: &Report) -> String {
                 "<tr><td colspan=\"2\" class=\"bad\">{}</td></tr>",
                 esc(v)
             ),
+            Row::Table(caption, head, body) => write!(
+                t,
+                "<tr><td colspan=\"2\">{}</td></tr>",
+                inner_table(caption, &head, &body)
+            ),
         };
     }
+    t
+}
+
+/// A table of its own inside the figures (the per-node rows).
+fn inner_table(caption: &str, head: &[&str], body: &[Vec<String>]) -> String {
+    let mut t = format!(
+        "<table class=\"nodes\"><caption>{}</caption><tr>",
+        esc(caption)
+    );
+    for h in head {
+        let _ = write!(t, "<th>{}</th>", esc(h));
+    }
+    t.push_str("</tr>");
+    for row in body {
+        t.push_str("<tr>");
+        for cell in row {
+            let _ = write!(t, "<td>{}</td>", esc(cell));
+        }
+        t.push_str("</tr>");
+    }
+    t.push_str("</table>");
     t
 }
 
@@ -343,7 +369,8 @@ pub fn render(r: &Report) -> String {
          th{font-weight:600;white-space:nowrap}svg{display:block;margin:1.5em 0;max-width:100%;height:auto}\
          .grid{stroke:#e5e5e5}.frame{fill:none;stroke:#999}.tick{font-size:11px;fill:#555}\
          .axis{font-size:12px;fill:#333}.title{font-size:14px;font-weight:600;fill:#222}\
-         .bad{color:#b00}</style></head><body>\n",
+         .bad{color:#b00}.nodes{margin:0}.nodes caption{text-align:left;font-weight:600}\
+         .nodes td{text-align:right}.nodes td:nth-child(2){text-align:left}</style></head><body>\n",
     );
     let _ = writeln!(page, "<h1>loadgen report</h1>\n<table>{}</table>", table(r));
     if let Some(c) = latency_chart(r) {

@@ -15,6 +15,7 @@
 //! - [`publisher`]: the fanout and flood publisher: schedule, figures, WebSocket publisher;
 //!   [`pipeline`]: the pipelined HTTP publisher.
 //! - [`payload`]: what messages carry and how echoes and deliveries are checked.
+//! - [`nodes`]: several `--url`s: connections round-robin over the nodes, figures per node.
 //! - [`stats`]: histograms and counters that merge across threads and processes.
 //! - [`run`]: the controller: phases, progress line, timeline.
 //! - [`report`], [`summary`], [`html`]: the figures and the JSON; the rows both the text
@@ -28,6 +29,7 @@ pub mod control;
 pub mod engine;
 pub mod fleet;
 pub mod html;
+pub mod nodes;
 pub mod payload;
 pub mod pipeline;
 pub mod publisher;

@@ -135,31 +135,52 @@ fn number(s: &[u8]) -> Option<(u64, &[u8])> {
 /// (it would otherwise make the per-sequence table as large as the number says).
 pub const MAX_SEQ: u64 = 50_000_000;
 
-/// One subscriber's view of the sequence: what it expects next.
+/// How many numbers below the highest one seen a subscriber remembers individually, to tell a
+/// late first delivery from a duplicate.
+pub const SEQ_WINDOW: u64 = 64;
+
+/// One subscriber's view of the sequence: what it expects next, and which of the
+/// [`SEQ_WINDOW`] numbers below that it has seen (16 bytes per subscriber).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SeqTracker {
     next: u64,
+    /// Bit k: number `next - 1 - k` was seen.
+    seen: u64,
 }
 
 /// What one delivery was to the subscriber that got it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    /// A sequence number not seen before on this subscriber (gaps are allowed: they are counted
-    /// as lost by the per-sequence accounting, which knows what was published).
+    /// A sequence number higher than any seen before on this subscriber (gaps are allowed:
+    /// they are counted as lost by the per-sequence accounting, which knows what was
+    /// published, unless the missing number arrives late).
     First,
-    /// A number at or below one already seen: duplicated (or reordered, which a broadcast over
-    /// one TCP connection must not do either).
+    /// A number not seen before but below one already seen: delivered, out of order (which a
+    /// broadcast over one TCP connection must not do either).
+    Late,
+    /// A number already seen: duplicated. A number more than [`SEQ_WINDOW`] below the highest
+    /// seen is counted here too, its first delivery being no longer told apart.
     Duplicate,
 }
 
 impl SeqTracker {
     pub fn observe(&mut self, seq: u64) -> Delivery {
         if seq >= self.next {
+            let shift = seq + 1 - self.next;
+            self.seen = if shift >= SEQ_WINDOW {
+                1
+            } else {
+                self.seen << shift | 1
+            };
             self.next = seq + 1;
-            Delivery::First
-        } else {
-            Delivery::Duplicate
+            return Delivery::First;
         }
+        let back = self.next - 1 - seq;
+        if back >= SEQ_WINDOW || self.seen & 1 << back != 0 {
+            return Delivery::Duplicate;
+        }
+        self.seen |= 1 << back;
+        Delivery::Late
     }
 
     /// Whether this subscriber has seen `last` or a later number.
@@ -298,10 +319,34 @@ mod tests {
         let mut t = SeqTracker::default();
         assert!(!t.has_seen(0));
         assert_eq!(t.observe(0), Delivery::First);
-        assert_eq!(t.observe(2), Delivery::First); // 1 lost: counted by `account`
+        assert_eq!(t.observe(2), Delivery::First); // 1 missing: lost unless it comes late
         assert_eq!(t.observe(2), Delivery::Duplicate);
+        assert_eq!(t.observe(1), Delivery::Late);
         assert_eq!(t.observe(1), Delivery::Duplicate);
+        assert_eq!(t.observe(0), Delivery::Duplicate);
         assert!(t.has_seen(2) && !t.has_seen(3));
+    }
+
+    #[test]
+    fn late_numbers_are_told_from_duplicates_within_the_window() {
+        let mut t = SeqTracker::default();
+        // Every other number, then the missing ones in reverse: each is late once.
+        for s in (0..200).step_by(2) {
+            assert_eq!(t.observe(s), Delivery::First);
+        }
+        for s in (0..198).rev().filter(|s| s % 2 == 1) {
+            let want = if 198 - s < SEQ_WINDOW {
+                Delivery::Late
+            } else {
+                Delivery::Duplicate
+            };
+            assert_eq!(t.observe(s), want, "{s}");
+            assert_eq!(t.observe(s), Delivery::Duplicate, "{s} again");
+        }
+        // A jump past the window forgets what was below it.
+        assert_eq!(t.observe(1000), Delivery::First);
+        assert_eq!(t.observe(999), Delivery::Late);
+        assert_eq!(t.observe(198), Delivery::Duplicate);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::args::{Config, PublisherKind, Scenario};
 use crate::clock::secs;
 use crate::control::Phase;
 use crate::fleet::Totals;
+use crate::nodes::NodeReport;
 use crate::payload::{self, Accounting};
 use crate::publisher::{Answers, Published};
 use crate::stats::{Percentiles, Results};
@@ -145,6 +146,8 @@ pub struct FanoutReport {
     #[serde(flatten)]
     pub accounting: Accounting,
     pub duplicates: u64,
+    /// First deliveries of a number after a higher one (delivered, so not lost).
+    pub out_of_order: u64,
     pub malformed: u64,
     pub deliveries: u64,
     /// Deliveries per second over the publishing time.
@@ -197,6 +200,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub echo_check: Option<EchoCheckReport>,
     pub fanout: Option<FanoutReport>,
+    /// Several `--url`s: each node's figures, in `--url` order (absent with one node).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeReport>,
     pub cpu: CpuReport,
     pub timeline: Vec<Sample>,
     pub curves: Curves,
@@ -266,6 +272,7 @@ impl FanoutReport {
             server_subscribers: p.server_subscribers,
             accounting,
             duplicates: c.duplicates,
+            out_of_order: c.out_of_order,
             malformed: c.malformed,
             deliveries: c.deliveries,
             deliveries_per_s: c.deliveries as f64 / span,
@@ -330,10 +337,12 @@ impl Report {
             unanswered: c.unanswered,
             rtt: r.rtt.percentiles(),
         });
+        let published = published.unwrap_or_default();
+        let nodes = crate::nodes::reports(cfg, &r.nodes, &published.accepted);
         let fanout = cfg
             .scenario
             .publishes()
-            .then(|| FanoutReport::new(cfg, &r, published.unwrap_or_default(), &timing));
+            .then(|| FanoutReport::new(cfg, &r, published, &timing));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let wall = timing.wall_s.max(1e-9);
         let target_cpu: Vec<f64> = targets.iter().filter_map(|t| t.cpu_s).collect();
@@ -369,6 +378,7 @@ impl Report {
             echo,
             echo_check,
             fanout,
+            nodes,
             cpu: CpuReport {
                 loadgen_user_s: cpu.user_s,
                 loadgen_sys_s: cpu.sys_s,
@@ -396,7 +406,16 @@ impl Report {
                 out.push(format!("the server refused {refused} messages (503)"));
             }
             if f.accounting.lost > 0 {
-                out.push(format!("{} deliveries lost", f.accounting.lost));
+                let by_node: Vec<String> = (self.nodes.iter().enumerate())
+                    .filter(|(_, n)| n.lost > 0)
+                    .map(|(i, n)| format!("node {}: {}", i + 1, n.lost))
+                    .collect();
+                let detail = if by_node.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", by_node.join(", "))
+                };
+                out.push(format!("{} deliveries lost{detail}", f.accounting.lost));
             }
             if f.accepted == 0 {
                 out.push("the server accepted no message".into());

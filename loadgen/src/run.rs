@@ -391,24 +391,24 @@ fn say(line: &str) -> Result<(), String> {
         .map_err(|e| format!("writing to stdout: {e}"))
 }
 
-/// One blocking connect to the target (and the publish endpoint), so that a server that is not
-/// there is one clear error instead of N failed connections.
+/// One blocking connect to every node (and the publish endpoint), so that a server that is
+/// not there is one clear error instead of N failed connections.
 fn preflight(cfg: &Config) -> Result<(), String> {
     let limit = cfg.timeout.min(Duration::from_secs(5));
-    let mut endpoints = vec![("--url", &cfg.target)];
+    let mut endpoints: Vec<(&str, String, _)> = cfg
+        .urls
+        .iter()
+        .zip(&cfg.targets)
+        .map(|(url, e)| ("--url", url.clone(), e))
+        .collect();
     if let Some(p) = &cfg.publish {
-        endpoints.push(("--publish-url", p));
+        endpoints.push(("--publish-url", format!("http://{}{}", p.host, p.path), p));
     }
-    for (flag, e) in endpoints {
+    for (flag, url, e) in endpoints {
         TcpStream::connect_timeout(&e.addr, limit).map_err(|err| {
             format!(
-                "cannot connect to {} ({flag} {}): {err}; is the server running?",
-                e.addr,
-                if flag == "--url" {
-                    cfg.url.clone()
-                } else {
-                    format!("http://{}{}", e.host, e.path)
-                }
+                "cannot connect to {} ({flag} {url}): {err}; is the server running?",
+                e.addr
             )
         })?;
     }

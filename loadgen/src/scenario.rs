@@ -10,14 +10,17 @@ use gateway::proto::MessageKind;
 
 use crate::args::{Config, Scenario};
 use crate::client::{Client, End, Handler, Reply, fail};
+use crate::nodes::NodeResults;
 use crate::payload::{self, Delivery, SeqTracker};
-use crate::stats::Results;
+use crate::stats::{Results, count_first};
 
 /// One connection's scenario state.
 #[derive(Debug)]
 pub struct Peer {
     /// Global index of the connection (in echo payloads).
     pub index: u32,
+    /// The node (`--url`) it connects to.
+    pub node: u32,
     /// Echo: messages sent and echoes verified.
     pub sent: u64,
     pub recvd: u64,
@@ -29,9 +32,10 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(index: usize) -> Peer {
+    pub fn new(index: usize, node: usize) -> Peer {
         Peer {
             index: index as u32,
+            node: node as u32,
             sent: 0,
             recvd: 0,
             seq: SeqTracker::default(),
@@ -63,9 +67,17 @@ pub struct Work {
 
 impl Work {
     pub fn new(cfg: Arc<Config>) -> Work {
+        // Per-node figures only with several nodes (see `nodes`).
+        let nodes = match cfg.targets.len() {
+            0 | 1 => Vec::new(),
+            n => vec![NodeResults::default(); n],
+        };
         Work {
             cfg,
-            results: Results::default(),
+            results: Results {
+                nodes,
+                ..Results::default()
+            },
             payload: Vec::new(),
             sending: false,
             inflight: 0,
@@ -90,6 +102,9 @@ impl Work {
             Scenario::Fanout | Scenario::Flood => {
                 peer.subscriber = true;
                 self.results.counts.subscribers += 1;
+                if let Some(n) = self.results.nodes.get_mut(peer.node as usize) {
+                    n.subscribers += 1;
+                }
             }
             Scenario::Echo => {
                 for _ in 0..self.cfg.pipeline {
@@ -130,6 +145,9 @@ impl Work {
         }
         if peer.subscriber && self.tracking {
             self.results.cut_off.push(peer.seq.next());
+            if let Some(n) = self.results.nodes.get_mut(peer.node as usize) {
+                n.cut_off.push(peer.seq.next());
+            }
         }
         let unanswered = peer.sent - peer.recvd;
         if unanswered > 0 {
@@ -196,19 +214,44 @@ impl Work {
             return;
         };
         let r = &mut self.results;
+        let latency = now.saturating_sub(f.due_ns);
         r.counts.deliveries += 1;
-        r.delivery.record(now.saturating_sub(f.due_ns));
+        r.delivery.record(latency);
         r.delivery_uncorrected.record(now.saturating_sub(f.sent_ns));
-        match peer.seq.observe(f.seq) {
-            Delivery::First => {
-                let seq = f.seq as usize;
-                if r.per_seq.len() <= seq {
-                    r.per_seq.resize((seq + 1).max(r.per_seq.len() * 2), 0);
-                }
-                r.per_seq[seq] += 1;
-            }
-            Delivery::Duplicate => r.counts.duplicates += 1,
+        let seen = peer.seq.observe(f.seq);
+        let seq = f.seq as usize;
+        let c = &mut r.counts;
+        tally(
+            seen,
+            seq,
+            &mut r.per_seq,
+            &mut c.out_of_order,
+            &mut c.duplicates,
+        );
+        if let Some(n) = r.nodes.get_mut(peer.node as usize) {
+            n.deliveries += 1;
+            n.delivery.record(latency);
+            tally(
+                seen,
+                seq,
+                &mut n.per_seq,
+                &mut n.out_of_order,
+                &mut n.duplicates,
+            );
         }
+    }
+}
+
+/// Counts one delivery of `seq` as its subscriber saw it: a first or late one in `per_seq`
+/// (a late one also as out of order), a repeat as a duplicate.
+fn tally(seen: Delivery, seq: usize, per_seq: &mut Vec<u32>, late: &mut u64, dup: &mut u64) {
+    match seen {
+        Delivery::First => count_first(per_seq, seq),
+        Delivery::Late => {
+            count_first(per_seq, seq);
+            *late += 1;
+        }
+        Delivery::Duplicate => *dup += 1,
     }
 }
 
@@ -225,6 +268,10 @@ impl Handler for OnConn<'_> {
         let w = &mut *self.work;
         w.results.handshake.record(handshake_ns);
         w.results.counts.connected += 1;
+        if let Some(n) = w.results.nodes.get_mut(self.peer.node as usize) {
+            n.handshake.record(handshake_ns);
+            n.connected += 1;
+        }
         w.pending -= 1;
         w.open += 1;
         self.peer.opened = true;

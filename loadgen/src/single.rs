@@ -61,7 +61,7 @@ impl Single {
         keep: bool,
     ) -> Result<Single, String> {
         let now = now_ns();
-        let mut client = Client::connect(target.addr, None, now)
+        let mut client = Client::connect(target.addr, 0, None, now)
             .map_err(|e| crate::sockets::connect_cause(&e).into_owned())?;
         let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
         poll.registry()
@@ -75,7 +75,11 @@ impl Single {
             poll,
             events: Events::with_capacity(8),
             client,
-            io: Io::new(target, deflate, now ^ u64::from(std::process::id())),
+            io: Io::new(
+                std::slice::from_ref(target),
+                deflate,
+                now ^ u64::from(std::process::id()),
+            ),
             inbox: Inbox {
                 keep,
                 ..Inbox::default()

@@ -14,6 +14,8 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::nodes::NodeResults;
+
 /// Largest latency recorded: one hour in nanoseconds. Larger values are clamped to it.
 const MAX_NS: u64 = 3_600_000_000_000;
 /// Three significant digits: 0.1% resolution at every magnitude.
@@ -197,6 +199,10 @@ pub struct Counts {
     pub deliveries: u64,
     /// Fanout: deliveries of a sequence number a subscriber had already seen.
     pub duplicates: u64,
+    /// Fanout: first deliveries of a sequence number after a higher one (not lost, but out
+    /// of order).
+    #[serde(default)]
+    pub out_of_order: u64,
     /// Fanout: messages a subscriber could not parse as a loadgen payload.
     pub malformed: u64,
     /// Fanout: subscribers open when publishing started.
@@ -216,6 +222,7 @@ impl Counts {
         self.unanswered += o.unanswered;
         self.deliveries += o.deliveries;
         self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
         self.malformed += o.malformed;
         self.subscribers += o.subscribers;
     }
@@ -242,6 +249,9 @@ pub struct Results {
     pub cut_off: Vec<u64>,
     /// Wall time this process spent ramping up (max over merged processes).
     pub ramp_s: f64,
+    /// Several `--url`s: the same figures per node, in `--url` order (empty with one node).
+    #[serde(default)]
+    pub nodes: Vec<NodeResults>,
 }
 
 impl Results {
@@ -252,20 +262,34 @@ impl Results {
         self.rtt.merge(&o.rtt);
         self.delivery.merge(&o.delivery);
         self.delivery_uncorrected.merge(&o.delivery_uncorrected);
-        if self.per_seq.len() < o.per_seq.len() {
-            self.per_seq.resize(o.per_seq.len(), 0);
-        }
-        for (a, b) in self.per_seq.iter_mut().zip(&o.per_seq) {
-            *a += b;
-        }
+        add_per_seq(&mut self.per_seq, &o.per_seq);
         self.cut_off.extend_from_slice(&o.cut_off);
         self.ramp_s = self.ramp_s.max(o.ramp_s);
+        crate::nodes::merge_all(&mut self.nodes, &o.nodes);
     }
+}
+
+/// Adds per-sequence counts `b` into `a`, index by index.
+pub(crate) fn add_per_seq(a: &mut Vec<u32>, b: &[u32]) {
+    if a.len() < b.len() {
+        a.resize(b.len(), 0);
+    }
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
+/// Counts one first-time delivery of `seq` in per-sequence counts.
+pub(crate) fn count_first(per_seq: &mut Vec<u32>, seq: usize) {
+    if per_seq.len() <= seq {
+        per_seq.resize((seq + 1).max(per_seq.len() * 2), 0);
+    }
+    per_seq[seq] += 1;
 }
 
 /// Per-sequence counts are long runs of one value (every subscriber got every message), so
 /// they travel run-length encoded as [[value, repeat], ...].
-mod rle {
+pub(crate) mod rle {
     use super::*;
 
     pub fn serialize<S: Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {

@@ -25,6 +25,8 @@ pub enum Row {
     Count(u64, String),
     /// A remark of its own.
     Note(&'static str),
+    /// A small table: its caption, column heads and rows of cells (the per-node figures).
+    Table(&'static str, Vec<&'static str>, Vec<Vec<String>>),
 }
 
 /// Every row of the report, in order.
@@ -41,6 +43,7 @@ pub fn rows(r: &Report) -> Vec<Row> {
     rows.push(Row::Field("handshake", fmt_percentiles(&c.handshake)));
     echo_rows(r, &mut rows);
     fanout_rows(r, &mut rows);
+    node_rows(r, &mut rows);
     if !r.failures.is_empty() {
         rows.push(Row::Heading("failures by cause:"));
         rows.extend(r.failures.iter().map(|(k, n)| Row::Count(*n, k.clone())));
@@ -173,13 +176,14 @@ fn fanout_rows(r: &Report, rows: &mut Vec<Row>) {
 fn delivery_rows(f: &FanoutReport, rows: &mut Vec<Row>) {
     let acc = &f.accounting;
     rows.push(Row::More(format!(
-        "{} deliveries ({:.0}/s): expected {}, missing at the end {} over {} messages, {} duplicated, {} malformed",
+        "{} deliveries ({:.0}/s): expected {}, missing at the end {} over {} messages, {} duplicated, {} out of order, {} malformed",
         f.deliveries,
         f.deliveries_per_s,
         acc.expected,
         acc.lost,
         acc.seqs_with_loss,
         f.duplicates,
+        f.out_of_order,
         f.malformed
     )));
     if acc.subscribers_cut_off > 0 || !f.server_closes.is_empty() {
@@ -209,6 +213,75 @@ fn delivery_rows(f: &FanoutReport, rows: &mut Vec<Row>) {
         "uncorrected".into(),
         fmt_percentiles(&f.latency_uncorrected),
     ));
+}
+
+/// Several `--url`s: one row per node, after the totals. Fan-out and flood show what each
+/// node's subscribers received; the other scenarios each node's connections and handshakes.
+fn node_rows(r: &Report, rows: &mut Vec<Row>) {
+    if r.nodes.is_empty() {
+        return;
+    }
+    let publishes = r.scenario.publishes();
+    let head = if publishes {
+        vec![
+            "node",
+            "url",
+            "conns",
+            "connected",
+            "subscribers",
+            "deliveries",
+            "lost",
+            "dup",
+            "out-of-order",
+            "p50",
+            "p99",
+            "max",
+        ]
+    } else {
+        vec!["node", "url", "conns", "connected", "p50", "p99", "max"]
+    };
+    let body = r
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut cells = vec![
+                (i + 1).to_string(),
+                n.url.clone(),
+                n.conns.to_string(),
+                n.connected.to_string(),
+            ];
+            let latency = if publishes {
+                cells.extend(
+                    [
+                        n.subscribers,
+                        n.deliveries,
+                        n.lost,
+                        n.duplicates,
+                        n.out_of_order,
+                    ]
+                    .map(|v| v.to_string()),
+                );
+                &n.latency
+            } else {
+                &n.handshake
+            };
+            cells.extend([latency.p50_us, latency.p99_us, latency.max_us].map(|us| {
+                if latency.count == 0 {
+                    "-".to_string()
+                } else {
+                    fmt_us(us)
+                }
+            }));
+            cells
+        })
+        .collect();
+    let caption = if publishes {
+        "per node (delivery latency):"
+    } else {
+        "per node (handshake latency):"
+    };
+    rows.push(Row::Table(caption, head, body));
 }
 
 fn cpu_rows(r: &Report, rows: &mut Vec<Row>) {
@@ -259,10 +332,46 @@ impl Report {
                 Row::Heading(h) => writeln!(s, "  {h}"),
                 Row::Count(n, cause) => writeln!(s, "    {n:>8}  {cause}"),
                 Row::Note(t) => writeln!(s, "  {t}"),
+                Row::Table(caption, head, body) => write_table(&mut s, caption, &head, &body),
             };
         }
         s
     }
+}
+
+/// A table as aligned text: the caption, then the heads and each row, columns padded to the
+/// widest cell (the url left-aligned, numbers right-aligned).
+fn write_table(
+    s: &mut String,
+    caption: &str,
+    head: &[&str],
+    body: &[Vec<String>],
+) -> std::fmt::Result {
+    writeln!(s, "  {caption}")?;
+    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for row in body {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |s: &mut String, cells: Vec<&str>| {
+        let mut out = String::from("    ");
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            let cell = if i == 1 {
+                format!("{cell:<w$}")
+            } else {
+                format!("{cell:>w$}")
+            };
+            out.push_str(&cell);
+            out.push_str("  ");
+        }
+        writeln!(s, "{}", out.trim_end())
+    };
+    line(s, head.to_vec())?;
+    for row in body {
+        line(s, row.iter().map(String::as_str).collect())?;
+    }
+    Ok(())
 }
 
 fn fmt_us(us: f64) -> String {
@@ -292,129 +401,5 @@ pub fn fmt_percentiles(p: &Percentiles) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use crate::publisher::{Answers, Published};
-    use crate::report::{Report, TargetCpu, Timing};
-    use crate::stats::Results;
-    use crate::sys::CpuTime;
-
-    /// 3 subscribers, 10 messages of which 3 and 7 were refused (503 busy); one subscriber was
-    /// closed as a slow consumer after seq 5.
-    fn pushed_back(scenario: &str) -> Report {
-        let argv = [
-            "loadgen",
-            "--scenario",
-            scenario,
-            "--conns",
-            "3",
-            "--target-pid",
-            "1",
-        ];
-        let cfg = crate::args::parse(argv).unwrap();
-        let accepted: Vec<bool> = (0..10).map(|s| s != 3 && s != 7).collect();
-        let mut r = Results::default();
-        r.counts.attempted = 3;
-        r.counts.connected = 3;
-        r.counts.closed_clean = 2;
-        r.counts.subscribers = 3;
-        r.failures.add("closed by the server with code 1008", 1);
-        r.cut_off = vec![6];
-        r.per_seq = (0..10)
-            .map(|s| match (accepted[s], s < 6) {
-                (false, _) => 0,
-                (true, true) => 3,
-                (true, false) => 2,
-            })
-            .collect();
-        r.counts.deliveries = r.per_seq.iter().map(|&n| u64::from(n)).sum();
-        for _ in 0..r.counts.deliveries {
-            r.delivery.record(50_000);
-        }
-        let published = Published {
-            accepted,
-            answers: Answers {
-                ok: 8,
-                busy: 2,
-                ..Answers::default()
-            },
-            elapsed_s: 2.0,
-            cpu: CpuTime {
-                user_s: 0.5,
-                sys_s: 0.25,
-            },
-            ..Published::default()
-        };
-        let target = TargetCpu {
-            pid: 1,
-            cpu_s: Some(1.0),
-            rss_before: Some(10 << 20),
-            rss_at_ramp_end: Some(11 << 20),
-            rss_peak: Some(40 << 20),
-            rss_after: Some(12 << 20),
-        };
-        let timing = Timing {
-            run_s: 2.0,
-            wall_s: 2.5,
-            ..Timing::default()
-        };
-        let cpu = CpuTime::default();
-        Report::build(
-            &cfg,
-            1,
-            1,
-            r,
-            Some(published),
-            timing,
-            cpu,
-            vec![target],
-            vec![],
-        )
-    }
-
-    #[test]
-    fn flood_counts_refusals_server_closes_and_peak_memory() {
-        let r = pushed_back("flood");
-        let text = r.summary();
-        let f = r.fanout.as_ref().unwrap();
-        assert_eq!((f.published, f.accepted), (10, 8));
-        assert_eq!(f.accounting.lost, 0, "{text}");
-        assert_eq!(f.accounting.subscribers_cut_off, 1);
-        assert_eq!(
-            f.accounting.cut_off, 3,
-            "seqs 6, 8 and 9 were not due to it"
-        );
-        assert_eq!(f.accounting.expected, 5 * 3 + 3 * 2);
-        assert_eq!(f.server_closes.get("1008"), Some(&1));
-        assert_eq!(f.accepted_per_s, 4.0);
-        assert!((f.publisher_cpu_pct - 37.5).abs() < 1e-9);
-        assert!(
-            r.ok,
-            "slow consumers closed are what a flood measures: {text}"
-        );
-        for want in [
-            "flood",
-            "2 refused 503 Retry-After (busy)",
-            "1 with 1008 (slow consumer)",
-            "publisher thread cpu 0.50 s user + 0.25 s sys = 38%",
-            "peak 40.0 MiB",
-            "missing at the end 0",
-        ] {
-            assert!(text.contains(want), "{want} missing in\n{text}");
-        }
-        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
-        assert_eq!(json["fanout"]["answers"]["busy"], 2);
-        assert_eq!(json["fanout"]["server_closes"]["1008"], 1);
-        assert_eq!(json["cpu"]["targets"][0]["rss_peak"], 40 << 20);
-    }
-
-    #[test]
-    fn a_fanout_pushed_back_is_not_ok_and_says_why() {
-        let r = pushed_back("fanout");
-        assert!(!r.ok);
-        let text = r.summary();
-        assert!(
-            text.contains("NOT OK: the server refused 2 messages (503)"),
-            "{text}"
-        );
-    }
-}
+#[path = "summary_tests.rs"]
+mod tests;

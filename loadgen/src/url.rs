@@ -43,6 +43,38 @@ pub fn parse_ws(url: &str) -> Result<Endpoint, String> {
     parse_rest(url, rest, 80)
 }
 
+/// Parses the `--url` list: one or more `ws://` or `wss://` URLs (the nodes of a cluster), in
+/// order. They must all speak the same scheme (one `--ca`/`--insecure` choice serves them all),
+/// and none may be given twice (each node's figures are reported apart).
+pub fn parse_ws_list(urls: &[String]) -> Result<Vec<Endpoint>, String> {
+    let mut out: Vec<Endpoint> = Vec::with_capacity(urls.len());
+    for url in urls {
+        let e = parse_ws(url)?;
+        if let Some(first) = out.first() {
+            if first.tls.is_some() != e.tls.is_some() {
+                return Err(format!(
+                    "'{url}' mixes ws:// and wss:// with '{}': give every node the same scheme",
+                    urls[0]
+                ));
+            }
+        }
+        if let Some(i) = out
+            .iter()
+            .position(|o| o.addr == e.addr && o.path == e.path)
+        {
+            return Err(format!(
+                "'{url}' names the same node as '{}': give each node once",
+                urls[i]
+            ));
+        }
+        out.push(e);
+    }
+    if out.is_empty() {
+        return Err("no URL given".into());
+    }
+    Ok(out)
+}
+
 /// Parses an `http://host[:port][/path]` URL (the publish endpoint).
 pub fn parse_http(url: &str) -> Result<Endpoint, String> {
     let rest = url
@@ -162,6 +194,38 @@ mod tests {
             assert!(err.contains(want), "{url}: {err}");
             assert!(!err.contains('\n'), "{url}: one line");
         }
+    }
+
+    #[test]
+    fn url_lists() {
+        let list = |v: &[&str]| parse_ws_list(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let nodes = list(&["ws://127.0.0.1:1/ws/chat/a", "ws://127.0.0.1:2/ws/chat/a"]).unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!((nodes[0].addr.port(), nodes[1].addr.port()), (1, 2));
+        // The same port with another path is another node (two topics); the same both is not.
+        assert_eq!(
+            list(&["ws://127.0.0.1:1/a", "ws://127.0.0.1:1/b"])
+                .unwrap()
+                .len(),
+            2
+        );
+        let table: [(&[&str], &str); 4] = [
+            (
+                &["ws://127.0.0.1:1/a", "wss://127.0.0.1:2/a"],
+                "mixes ws:// and wss://",
+            ),
+            (&["ws://127.0.0.1:1/a", "ws://localhost:1/a"], "same node"),
+            (
+                &["ws://127.0.0.1:1/a", "http://127.0.0.1:2/a"],
+                "not a ws://",
+            ),
+            (&["ws://127.0.0.1:1/a", ""], "not a ws://"),
+        ];
+        for (urls, want) in table {
+            let err = list(urls).unwrap_err();
+            assert!(err.contains(want), "{urls:?}: {err}");
+        }
+        assert!(list(&[]).is_err());
     }
 
     #[test]

@@ -212,6 +212,88 @@ fn flood_without_subscribers() {
     assert_eq!((f.subscribers, f.deliveries), (0, 0));
 }
 
+/// Two gateways with no bus between them, and a fan-out over both URLs from two worker
+/// processes: 10 subscribers on each node (each gateway saw its 10 upgrades), the publisher on
+/// the first. The first node's subscribers get every message; the second's get none, which
+/// its row shows as all lost (what the totals alone cannot place).
+#[test]
+fn fanout_over_two_nodes_reports_each_node() {
+    let (one, two) = (gateway(), gateway());
+    let topic = "/ws/chat/loadgen-nodes";
+    let urls = format!(
+        "ws://{}{topic},ws://{}{topic}",
+        one.local_addr(),
+        two.local_addr()
+    );
+    let flags = ["--scenario", "fanout", "--conns", "20", "--rate", "50"];
+    let cfg = config(
+        &[
+            &flags[..],
+            &["--url", &urls, "--duration", "1s", "--procs", "2"],
+        ]
+        .concat(),
+    );
+    let r = loadgen::run(&cfg).expect("run");
+    let text = r.summary();
+    assert!(!r.ok, "node 2 got nothing: {text}");
+    for gw in [&one, &two] {
+        assert_eq!(gw.stats().total("ws_opened_total"), 10, "{text}");
+    }
+    let f = r.fanout.as_ref().unwrap();
+    assert_eq!((f.published, f.accepted), (50, 50), "{text}");
+    assert_eq!(f.server_subscribers, Some(10), "the first node publishes");
+    assert_eq!(f.accounting.lost, 50 * 10, "{text}");
+    assert_eq!(r.nodes.len(), 2, "{text}");
+    for (k, n) in r.nodes.iter().enumerate() {
+        assert_eq!(
+            (n.conns, n.connected, n.subscribers),
+            (10, 10, 10),
+            "{text}"
+        );
+        assert_eq!(n.expected, 50 * 10, "node {k}: {text}");
+        assert_eq!((n.duplicates, n.out_of_order), (0, 0), "node {k}: {text}");
+        assert_eq!(n.handshake.count, 10);
+    }
+    let (a, b) = (&r.nodes[0], &r.nodes[1]);
+    assert_eq!((a.deliveries, a.delivered, a.lost), (500, 500, 0), "{text}");
+    assert_eq!(a.latency.count, 500, "a latency for every delivery");
+    assert_eq!((b.deliveries, b.delivered, b.lost), (0, 0, 500), "{text}");
+    assert_eq!(b.latency.count, 0);
+    assert!(text.contains("per node (delivery latency):"), "{text}");
+}
+
+/// The connect scenario over two nodes: the connections alternate between them.
+#[test]
+fn connect_over_two_nodes_splits_the_connections() {
+    let (one, two) = (gateway(), gateway());
+    let (a, b) = (
+        format!("ws://{}/echo", one.local_addr()),
+        format!("ws://{}/echo", two.local_addr()),
+    );
+    let cfg = config(&[
+        "--url",
+        &a,
+        "--url",
+        &b,
+        "--conns",
+        "31",
+        "--duration",
+        "200ms",
+    ]);
+    let r = loadgen::run(&cfg).expect("run");
+    assert!(r.ok, "{}", r.summary());
+    assert_eq!(r.connect.connected, 31);
+    assert_eq!(one.stats().total("ws_opened_total"), 16);
+    assert_eq!(two.stats().total("ws_opened_total"), 15);
+    let rows: Vec<(u64, u64, u64)> = r
+        .nodes
+        .iter()
+        .map(|n| (n.conns, n.connected, n.handshake.count))
+        .collect();
+    assert_eq!(rows, [(16, 16, 16), (15, 15, 15)]);
+    assert!(r.summary().contains("per node (handshake latency):"));
+}
+
 /// The binary's contract for bad invocations: one line on stderr, a non-zero status, no panic.
 #[test]
 fn bad_invocations_are_one_line_and_non_zero() {
