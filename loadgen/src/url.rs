@@ -50,13 +50,13 @@ pub fn parse_ws_list(urls: &[String]) -> Result<Vec<Endpoint>, String> {
     let mut out: Vec<Endpoint> = Vec::with_capacity(urls.len());
     for url in urls {
         let e = parse_ws(url)?;
-        if let Some(first) = out.first() {
-            if first.tls.is_some() != e.tls.is_some() {
-                return Err(format!(
-                    "'{url}' mixes ws:// and wss:// with '{}': give every node the same scheme",
-                    urls[0]
-                ));
-            }
+        if let Some(first) = out.first()
+            && first.tls.is_some() != e.tls.is_some()
+        {
+            return Err(format!(
+                "'{url}' mixes ws:// and wss:// with '{}': give every node the same scheme",
+                urls[0]
+            ));
         }
         if let Some(i) = out
             .iter()
