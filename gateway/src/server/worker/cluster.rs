@@ -335,10 +335,13 @@ impl Worker {
         match outcome {
             Outcome::Published { epoch, seq, nodes } => {
                 WorkerStats::add(&self.stats().published_total, 1);
+                let hub = &self.shared.hub;
+                let here = hub.find(topic).map_or(0, |id| hub.subscribers(id));
                 let answer = json!({
                     "topic": topic,
                     "seq": seq,
                     "epoch": epoch.to_string(),
+                    "subscribers": here,
                     "nodes": nodes,
                 });
                 self.respond_json(key, 200, &[], &answer, after);
