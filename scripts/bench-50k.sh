@@ -19,7 +19,8 @@
 # loadgen's own (from /proc/PID/stat and getrusage), so it is plain which side was busy.
 #
 # Environment (defaults in brackets): MODE [fanout], RATE (fanout messages/s) [2], SIZE (fanout
-# message bytes) [64], BUS (a redis:// URL; empty: start one) [], CONNS [50000], PORT [9350], PER_GATEWAY [19000],
+# message bytes) [64], BUS (a redis:// URL; empty: start one; `none`: no bus, for a
+# single-process comparison) [], CONNS [50000], PORT [9350], PER_GATEWAY [19000],
 # WORKERS per gateway [1], DURATION [10s], CONNECT_RATE [10000], PER_ADDR (connections per
 # loadgen source address) [5000], OUT (where the JSON and HTML reports go) [target/bench-50k],
 # NO_BUILD (set: use the binaries already in target/release). Traffic stays on 127.0.0.0/8 and
@@ -61,13 +62,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ -z "$BUS" ]; then
+bus_flag=(--bus "$BUS")
+if [ "$BUS" = none ]; then
+    bus_flag=()
+elif [ -z "$BUS" ]; then
     command -v redis-server >/dev/null || { echo "bench-50k: needs redis-server (apt-get install redis-server) or BUS=redis://..." >&2; exit 1; }
     redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir /tmp \
         >"$OUT/redis.log" 2>&1 &
     redis_pid=$!
     BUS="redis://127.0.0.1:$redis_port"
+    bus_flag=(--bus "$BUS")
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && break
         sleep 0.1
@@ -78,7 +83,7 @@ fi
 echo "bench-50k: starting $gateways gateway process(es) on 127.0.0.1:$PORT (--reuse-port --workers $WORKERS --bus $BUS)"
 for _ in $(seq "$gateways"); do
     target/release/gateway --listen "127.0.0.1:$PORT" --reuse-port --workers "$WORKERS" \
-        --bus "$BUS" --handshake-timeout 30s 2>>"$OUT/gateway.log" &
+        "${bus_flag[@]}" --handshake-timeout 30s 2>>"$OUT/gateway.log" &
     pids+=("$!")
 done
 for _ in $(seq 100); do
@@ -96,7 +101,7 @@ if [ "$MODE" = fanout ]; then
         --json "$OUT/fanout.json" --report "$OUT/fanout.html"
     status=$?
     set -e
-    python3 - "$OUT/fanout.json" "$gateways" <<'PY'
+    python3 - "$OUT/fanout.json" "$gateways" "$([ "$BUS" = none ] && echo "no bus" || echo "bus $BUS")" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 f = r["fanout"]
@@ -104,7 +109,7 @@ t = r["cpu"]["targets"]
 gw_cpu = sum(x["cpu_s"] or 0 for x in t)
 lat = f["latency"]
 print()
-print(f"bench-50k: {f['subscribers']} subscribers over {sys.argv[2]} gateway process(es) sharing one port and one bus")
+print(f"bench-50k: {f['subscribers']} subscribers over {sys.argv[2]} gateway process(es) sharing one port ({sys.argv[3]})")
 print(f"  published     {f['accepted']} accepted of {f['published']} sent")
 print(f"  deliveries    {f['delivered']} of {f['expected']} expected: {f['lost']} lost, {f['duplicates']} duplicated")
 print(f"  latency       p50 {lat['p50_us']/1e3:.2f} ms  p99 {lat['p99_us']/1e3:.2f} ms  max {lat['max_us']/1e3:.2f} ms")

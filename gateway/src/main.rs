@@ -143,8 +143,9 @@ struct Args {
     flush_interval: FlagDuration,
     /// The cluster bus, redis://HOST:PORT[/DB]: topics shared with every gateway on the same
     /// Redis (publishes numbered by Redis, subscribers on every node get every message).
+    /// Repeat it to spread topics over several Redis (the same list on every node).
     #[arg(long, value_name = "URL")]
-    bus: Option<String>,
+    bus: Vec<String>,
     /// With --bus: /healthz answers 503 once the bus has been unreachable this long.
     #[arg(long, value_name = "DURATION", default_value_t = FlagDuration(DEFAULTS.bus_grace))]
     bus_grace: FlagDuration,
@@ -255,7 +256,7 @@ impl Args {
             topic_rate: self.topic_rate,
             max_backlog: self.max_backlog,
             flush_interval: self.flush_interval.0,
-            bus: self.bus.filter(|b| !b.is_empty()),
+            bus: self.bus.into_iter().filter(|b| !b.is_empty()).collect(),
             bus_grace: self.bus_grace.0,
             watch: self.watch,
             tail: self.tail,

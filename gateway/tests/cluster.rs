@@ -28,7 +28,7 @@ use util::{config, eventually, http_get, http_request, start, ws_connect};
 
 fn node(redis: &Redis) -> ServerHandle {
     let server = start(gateway::server::Config {
-        bus: Some(redis.url()),
+        bus: vec![redis.url()],
         bus_grace: Duration::from_secs(1),
         ..config()
     });
@@ -259,4 +259,56 @@ fn redis_down_gives_503s_and_an_empty_restart_resumes_with_a_reset() {
             .body_text()
             .contains("bus: connected")
     );
+}
+
+#[test]
+fn topics_spread_over_several_redis_and_reach_every_node() {
+    let shards = [Redis::start(), Redis::start()];
+    let urls: Vec<String> = shards.iter().map(Redis::url).collect();
+    let nodes: Vec<ServerHandle> = (0..2)
+        .map(|_| {
+            let server = start(gateway::server::Config {
+                bus: urls.clone(),
+                ..config()
+            });
+            wait_connected(server.local_addr());
+            server
+        })
+        .collect();
+    // One topic on each shard.
+    let topic_on = |shard: usize| {
+        (0..)
+            .map(|i| format!("sharded/{i}"))
+            .find(|t| gateway::bus::shard_of(t, 2) == shard)
+            .unwrap()
+    };
+    let topics = [topic_on(0), topic_on(1)];
+    let (a, b) = (nodes[0].local_addr(), nodes[1].local_addr());
+    let mut subs: Vec<_> = topics.iter().map(|t| subscriber(a, t, None).0).collect();
+    for (t, ws) in topics.iter().zip(&mut subs) {
+        for i in 1..=3 {
+            let (status, answer) = publish(b, t, &format!("{t} {i}"));
+            assert_eq!((status, answer["seq"].as_u64()), (200, Some(i)));
+        }
+        for i in 1..=3 {
+            let m = next_json(ws);
+            assert_eq!(
+                (m["seq"].as_u64(), m["data"].as_str()),
+                (Some(i), Some(format!("{t} {i}").as_str()))
+            );
+        }
+    }
+    // Each topic's keys live on its own shard only.
+    for (i, r) in shards.iter().enumerate() {
+        let mut con = ::redis::Client::open(r.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let keys: Vec<String> = ::redis::cmd("KEYS").arg("gw:*").query(&mut con).unwrap();
+        assert!(
+            keys.iter().all(|k| k.contains(&topics[i])),
+            "shard {i}: {keys:?}"
+        );
+        assert!(!keys.is_empty(), "shard {i} holds its topic");
+    }
 }

@@ -25,8 +25,11 @@
 //! while the queue holds `--max-backlog` bytes.
 
 pub mod publisher;
+mod shards;
 pub mod subscriber;
 pub mod wire;
+
+pub use shards::{Cluster, shard_of};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -126,10 +129,15 @@ pub struct BusStats {
     pub lag: Histogram,
 }
 
-/// The bus of one node.
+/// One Redis of a node's bus (a shard: with several `--bus`, topics are spread over them,
+/// [`Cluster`]).
 #[derive(Debug)]
 pub struct Bus {
     client: redis::Client,
+    /// This shard's place among the node's shards, and how many there are: the shard owns the
+    /// topics [`shard_of`] gives it.
+    index: usize,
+    of: usize,
     /// The URL without a password, for logs and `/healthz`.
     pub shown: String,
     pub history: HistoryConfig,
@@ -162,13 +170,20 @@ pub const TTL_SECS: u64 = 24 * 3600;
 impl Bus {
     /// A bus to `url` (checked now; connected by [`Bus::start`]). Publishes are refused while
     /// `max_queued` payload bytes wait for Redis.
-    pub fn new(url: &str, history: HistoryConfig, max_queued: usize) -> Result<Arc<Bus>, String> {
+    pub fn new(
+        url: &str,
+        history: HistoryConfig,
+        max_queued: usize,
+        (index, of): (usize, usize),
+    ) -> Result<Arc<Bus>, String> {
         let client = redis::Client::open(url).map_err(|e| format!("--bus {url}: {e}"))?;
         let shown = shown_url(url);
         let (publish_tx, publish_rx) = crossbeam_channel::bounded(QUEUE);
         let (follow_tx, follow_rx) = crossbeam_channel::unbounded();
         Ok(Arc::new(Bus {
             client,
+            index,
+            of: of.max(1),
             shown,
             history,
             ttl_secs: TTL_SECS,
@@ -250,6 +265,11 @@ impl Bus {
         }
     }
 
+    /// Whether this shard carries `topic`.
+    pub fn owns(&self, topic: &str) -> bool {
+        shard_of(topic, self.of) == self.index
+    }
+
     /// Whether both connections are up.
     pub fn connected(&self) -> bool {
         self.publisher_up.load(Ordering::Relaxed) && self.subscriber_up.load(Ordering::Relaxed)
@@ -274,96 +294,6 @@ impl Bus {
     /// Payload bytes waiting for the publisher.
     pub fn queued_bytes(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
-    }
-
-    /// The Prometheus text of the bus's figures.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let s = &self.stats;
-        let gauges = [
-            (
-                "bus_connected",
-                "1 while both connections to Redis are up",
-                u64::from(self.connected()),
-            ),
-            (
-                "bus_queued_bytes",
-                "payload bytes waiting to be sent to Redis",
-                self.queued_bytes() as u64,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP gateway_{name} {help}\n# TYPE gateway_{name} gauge\ngateway_{name} {v}"
-            );
-        }
-        let counters = [
-            (
-                "bus_publishes_total",
-                "messages numbered and published through Redis",
-                &s.publishes_total,
-            ),
-            (
-                "bus_publish_failures_total",
-                "publishes the bus could not make (Redis unreachable, timed out, an error): answered 503 or a /ws error",
-                &s.publish_failures_total,
-            ),
-            (
-                "bus_publish_refused_total",
-                "publishes refused before reaching Redis: the bus down, or its queue full",
-                &s.publish_refused_total,
-            ),
-            (
-                "bus_received_total",
-                "messages received from Redis on followed topics",
-                &s.received_total,
-            ),
-            (
-                "bus_errors_total",
-                "connections to Redis lost or refused",
-                &s.errors_total,
-            ),
-            (
-                "bus_reconnects_total",
-                "connections to Redis made again after one was lost",
-                &s.reconnects_total,
-            ),
-            (
-                "bus_syncs_total",
-                "topics brought in step with Redis (a follow, a reconnect, a missed number)",
-                &s.syncs_total,
-            ),
-            (
-                "bus_gaps_total",
-                "gap notices: numbers Redis's history no longer held when a node caught up",
-                &s.gaps_total,
-            ),
-            (
-                "bus_resets_total",
-                "reset notices: Redis had started a topic's numbering over",
-                &s.resets_total,
-            ),
-        ];
-        for (name, help, c) in counters {
-            let v = c.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "# HELP gateway_{name} {help}\n# TYPE gateway_{name} counter\ngateway_{name} {v}"
-            );
-        }
-        crate::server::histogram::render(
-            out,
-            "bus_round_trip_seconds",
-            "one pipeline of publishes to Redis, from sending to its last answer",
-            std::iter::once(&s.round_trip),
-        );
-        crate::server::histogram::render(
-            out,
-            "bus_delivery_lag_seconds",
-            "from a message's publish on any node (its clock) to its arrival here through Redis",
-            std::iter::once(&s.lag),
-        );
     }
 }
 
@@ -434,7 +364,7 @@ mod tests {
 
     #[test]
     fn bad_urls_are_refused_naming_the_flag() {
-        let e = Bus::new("http://x", HistoryConfig::default(), 1 << 20).unwrap_err();
+        let e = Bus::new("http://x", HistoryConfig::default(), 1 << 20, (0, 1)).unwrap_err();
         assert!(e.starts_with("--bus http://x"), "{e}");
     }
 }

@@ -191,6 +191,9 @@ impl Subscriber {
         }
         // Everything followed is subscribed again (and synced when confirmed).
         for (id, name) in self.hub.followed() {
+            if !self.bus.owns(&name) {
+                continue;
+            }
             self.topics.entry(name).or_insert(Followed {
                 id,
                 ready: false,

@@ -91,9 +91,10 @@ pub struct Config {
     /// Default 10 ms; 0 writes every batch at once.
     pub flush_interval: Duration,
     /// The cluster bus: `redis://HOST:PORT[/DB]` ([`crate::bus`]). With it, every publish is
-    /// numbered by Redis and reaches the subscribers of every gateway on the same Redis.
-    /// Default none: this process alone.
-    pub bus: Option<String>,
+    /// numbered by Redis and reaches the subscribers of every gateway on the same Redis. With
+    /// several, topics are spread over them by a hash of their name (every node must list the
+    /// same URLs in the same order). Default none: this process alone.
+    pub bus: Vec<String>,
     /// With a bus, `/healthz` answers 503 once the bus has been unreachable this long (so a
     /// load balancer stops sending clients to a node that cannot publish). Default 5 s.
     pub bus_grace: Duration,
@@ -163,7 +164,7 @@ impl Default for Config {
             topic_burst: 64,
             topic_rate: 1,
             max_backlog: 16 * 1024 * 1024,
-            bus: None,
+            bus: Vec::new(),
             bus_grace: Duration::from_secs(5),
             flush_interval: Duration::from_millis(10),
             publish_token: None,

@@ -110,12 +110,13 @@ impl Server {
             Some(files) => Some(tls::Tls::new(files).map_err(io::Error::other)?),
             None => None,
         };
-        let bus = match &config.bus {
-            Some(url) => Some(
-                crate::bus::Bus::new(url, config.history, config.max_backlog)
+        let bus = if config.bus.is_empty() {
+            None
+        } else {
+            Some(
+                crate::bus::Cluster::new(&config.bus, config.history, config.max_backlog)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
-            ),
-            None => None,
+            )
         };
         let workers = config.workers.max(1);
         let listeners = bind_listeners(&config, workers)?;
@@ -153,7 +154,7 @@ impl Server {
         shared.hub.set_mailboxes(mailboxes);
         if let Some(bus) = bus {
             shared.hub.set_bus(bus.clone());
-            bus.start(shared.hub.clone())?;
+            bus.start(&shared.hub)?;
         }
         // The feeds create their topics (with their kind) and publish their first version
         // before any client can subscribe.

@@ -25,7 +25,7 @@ use super::{
     Control, Epoch, Hub, HubInner, Published, Refused, Resume, Subscription, TopicId, TopicKind,
     history,
 };
-use crate::bus::{Bus, BusReply, wire};
+use crate::bus::{BusReply, Cluster, wire};
 
 /// Whether this node follows a topic on the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub enum Applied {
 
 impl Hub {
     /// Connects the bus; called once, before the workers start. Pinned topics are followed.
-    pub fn set_bus(&self, bus: Arc<Bus>) {
+    pub fn set_bus(&self, bus: Arc<Cluster>) {
         if self.bus.set(bus).is_err() {
             return;
         }
@@ -80,7 +80,7 @@ impl Hub {
     }
 
     /// The bus, with `--bus`.
-    pub fn bus(&self) -> Option<&Arc<Bus>> {
+    pub fn bus(&self) -> Option<&Arc<Cluster>> {
         self.bus.get()
     }
 

@@ -134,7 +134,7 @@ pub struct Hub {
     epoch_key: u64,
     /// The cluster bus, with `--bus`: publishes go through it, and topics with subscribers
     /// here are followed on it ([`cluster`]).
-    bus: OnceLock<Arc<crate::bus::Bus>>,
+    bus: OnceLock<Arc<crate::bus::Cluster>>,
 }
 
 impl Hub {

@@ -2,8 +2,11 @@
 //!
 //! With a bus nothing the worker does blocks on Redis. A request that needs it is sent to the
 //! bus with a number, and the connection waits in the `waits` side table:
-//! - `POST /publish` is not read further (its answer, then the next pipelined request, come
-//!   when the bus has numbered the message: 200 with its `seq` and `epoch`, or 503);
+//! - `POST /publish` is answered when the bus has numbered the message (200 with its `seq` and
+//!   `epoch`, or 503). A backend may pipeline: up to [`MAX_OWED`] publishes of one connection
+//!   are at the bus at once (so they share its round trips), and their answers are written in
+//!   request order from the `publishes` side table. Another request after them, or one more
+//!   publish, waits unread until the answers are out;
 //! - a `/ws` publish is answered `published` (or `error`) when the number comes;
 //! - a `/ws` subscribe to a topic this node does not follow yet, and the upgrade of a
 //!   `/ws/chat/ROOM` socket, wait until the bus has confirmed the Redis subscription and
@@ -43,10 +46,22 @@ pub(super) enum Waiting {
         deflate: Option<DeflateParams>,
         authorized: Option<auth::Authorized>,
     },
-    /// `POST /publish`.
-    HttpPublish { topic: String, keep_alive: bool },
+    /// `POST /publish` (its answer's place is in the `publishes` side table).
+    HttpPublish,
     /// A `/ws` publish.
     WsPublish { topic: String },
+}
+
+/// Publishes of one connection at the bus at once, at most.
+pub(super) const MAX_OWED: usize = 64;
+
+/// A `POST /publish` answer owed, in request order; `outcome` once the bus has answered.
+#[derive(Debug)]
+pub(super) struct Owed {
+    wait: u64,
+    topic: String,
+    keep_alive: bool,
+    outcome: Option<Outcome>,
 }
 
 /// The bus's answer a connection waits for.
@@ -104,7 +119,7 @@ impl Worker {
         kind: MessageKind,
         payload: Box<[u8]>,
         what: Waiting,
-    ) -> Result<(), Refusal> {
+    ) -> Result<u64, Refusal> {
         let bus = self.shared.hub.bus().expect("clustered").clone();
         let reply = self.wait_for_bus(key, what);
         let publish = Publish {
@@ -115,13 +130,17 @@ impl Worker {
             latest: false,
             reply: Some(reply),
         };
-        bus.publish(publish).inspect_err(|_| {
-            self.waits.remove(&reply.wait);
-        })
+        match bus.publish(publish) {
+            Ok(()) => Ok(reply.wait),
+            Err(r) => {
+                self.waits.remove(&reply.wait);
+                Err(r)
+            }
+        }
     }
 
-    /// `POST /publish` with a bus: sent to the bus, the connection parked until its number
-    /// comes; refused at once (503 with `Retry-After`) while the bus is down or behind.
+    /// `POST /publish` with a bus: sent to the bus; its answer is owed in request order
+    /// (refused at once, still in order, while the bus is down or behind).
     pub(super) fn publish_clustered(
         &mut self,
         key: usize,
@@ -130,27 +149,59 @@ impl Worker {
         body: Box<[u8]>,
         keep_alive: bool,
     ) {
-        let after = if keep_alive {
-            After::KeepAlive
+        let what = Waiting::HttpPublish;
+        let (wait, outcome) = if self.shared.hub.congested() {
+            (0, Some(Outcome::Failed(refusal_text(Refusal::Busy))))
         } else {
-            After::Close
-        };
-        let refused = if self.shared.hub.congested() {
-            Some(Refusal::Busy)
-        } else {
-            let what = Waiting::HttpPublish {
-                topic: topic.to_string(),
-                keep_alive,
-            };
-            self.publish_via_bus(key, topic, kind, body, what).err()
-        };
-        match refused {
-            None => self.park(key),
-            Some(r) => {
-                WorkerStats::add(&self.stats().publish_refused_busy_total, 1);
-                let body = json!({"error": refusal_text(r), "topic": topic});
-                self.respond_json(key, 503, &[("Retry-After", "1")], &body, after);
+            match self.publish_via_bus(key, topic, kind, body, what) {
+                Ok(wait) => (wait, None),
+                Err(r) => (0, Some(Outcome::Failed(refusal_text(r)))),
             }
+        };
+        if outcome.is_some() {
+            WorkerStats::add(&self.stats().publish_refused_busy_total, 1);
+        }
+        let owed = self.publishes.entry(key).or_default();
+        owed.push_back(Owed {
+            wait,
+            topic: topic.to_string(),
+            keep_alive,
+            outcome,
+        });
+        if owed.len() >= MAX_OWED || !keep_alive {
+            self.park(key);
+        }
+        self.write_owed(key);
+    }
+
+    /// Whether a connection still owes publish answers (its next request waits for them).
+    pub(super) fn owes_publishes(&self, key: usize) -> bool {
+        self.publishes.get(&key).is_some_and(|q| !q.is_empty())
+    }
+
+    /// Writes the publish answers that are due, in request order; reads the connection again
+    /// once none is owed.
+    fn write_owed(&mut self, key: usize) {
+        while let Some(front) = self.publishes.get_mut(&key).and_then(|q| q.front_mut()) {
+            let Some(outcome) = front.outcome.take() else {
+                return;
+            };
+            let Owed {
+                topic, keep_alive, ..
+            } = self
+                .publishes
+                .get_mut(&key)
+                .and_then(|q| q.pop_front())
+                .expect("the front");
+            self.publish_answered(key, &topic, keep_alive, outcome);
+            if self.conns[key].dead || !keep_alive {
+                self.publishes.remove(&key);
+                return;
+            }
+        }
+        self.publishes.remove(&key);
+        if self.conns[key].hub_paused {
+            self.unpark(key);
         }
     }
 
@@ -214,14 +265,14 @@ impl Worker {
                 continue;
             };
             let live = self.is_live(conn) && !self.conns[conn.slot()].dead;
-            self.answered(conn.slot(), live, what, outcome);
+            self.answered(conn.slot(), live, wait, what, outcome);
             if live {
                 self.reap(conn.slot());
             }
         }
     }
 
-    fn answered(&mut self, key: usize, live: bool, what: Waiting, outcome: Outcome) {
+    fn answered(&mut self, key: usize, live: bool, wait: u64, what: Waiting, outcome: Outcome) {
         match what {
             Waiting::Subscribe {
                 topic,
@@ -260,10 +311,18 @@ impl Worker {
                     }
                 }
             }
-            Waiting::HttpPublish { topic, keep_alive } => {
-                if live {
-                    self.publish_answered(key, &topic, keep_alive, outcome);
+            Waiting::HttpPublish => {
+                if !live {
+                    return;
                 }
+                let owed = self
+                    .publishes
+                    .get_mut(&key)
+                    .and_then(|q| q.iter_mut().find(|o| o.wait == wait));
+                if let Some(o) = owed {
+                    o.outcome = Some(outcome);
+                }
+                self.write_owed(key);
             }
             Waiting::WsPublish { topic } => {
                 if !live {
@@ -354,9 +413,6 @@ impl Worker {
                 let body = json!({"error": why, "topic": topic});
                 self.respond_json(key, 503, &[("Retry-After", "1")], &body, after);
             }
-        }
-        if keep_alive && !self.conns[key].dead {
-            self.unpark(key);
         }
     }
 }

@@ -64,6 +64,11 @@ impl Worker {
             return input.len();
         }
         let (route, param) = routes::route(req.path());
+        if route != Route::Publish && self.owes_publishes(key) {
+            // Answers go out in request order: this one waits for the publishes before it.
+            self.park(key);
+            return 0;
+        }
         let head_or_get = req.method == "GET" || req.method == "HEAD";
         if route == Route::Echo && head_or_get && routes::wants_echo_page(&req) {
             self.answer_plain(key, &req, Route::EchoPage, param);

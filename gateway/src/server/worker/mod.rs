@@ -198,6 +198,8 @@ pub(crate) struct Worker {
     /// Requests waiting for the cluster bus, by their number ([`cluster`]).
     waits: HashMap<u64, cluster::Wait>,
     next_wait: u64,
+    /// and, with a bus, the `POST /publish` answers a connection is owed, in request order.
+    publishes: SideTable<std::collections::VecDeque<cluster::Owed>>,
     /// Connections reaped since this worker last gave free heap pages back (see
     /// [`Worker::trim_after_mass_close`]).
     reaped_since_trim: usize,
@@ -272,6 +274,7 @@ impl Worker {
             reaped_since_trim: 0,
             waits: HashMap::new(),
             next_wait: 0,
+            publishes: SideTable::default(),
             config: shared.live.current(),
             config_version: shared.live.version(),
             shared,
@@ -432,6 +435,9 @@ impl Worker {
         }
         if self.auth.remove(&key).is_some() {
             shrink_side(&mut self.auth);
+        }
+        if self.publishes.remove(&key).is_some() {
+            shrink_side(&mut self.publishes);
         }
         if self.topic_quota.remove(&key).is_some() {
             shrink_side(&mut self.topic_quota);
