@@ -312,3 +312,64 @@ fn topics_spread_over_several_redis_and_reach_every_node() {
         assert!(!keys.is_empty(), "shard {i} holds its topic");
     }
 }
+
+/// Kills a node's pub/sub and sync connections in Redis (found by their names,
+/// `gw-ADDR-sub`, `gw-ADDR-sync`).
+fn cut_subscriber(redis: &Redis, node: SocketAddr) {
+    let mut con = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let list: String = ::redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+    let mut killed = 0;
+    for line in list.lines() {
+        let field = |k: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                .unwrap_or("")
+                .to_string()
+        };
+        let name = field("name");
+        if name == format!("gw-{node}-sub") || name == format!("gw-{node}-sync") {
+            let _: () = ::redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(field("id"))
+                .query(&mut con)
+                .unwrap();
+            killed += 1;
+        }
+    }
+    assert_eq!(
+        killed, 2,
+        "the node's connections are named in CLIENT LIST:\n{list}"
+    );
+}
+
+#[test]
+fn messages_published_elsewhere_while_a_node_was_cut_off_are_recovered_once() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let (mut ws, _) = subscriber(a.local_addr(), "ticks", None);
+    for i in 1..=3 {
+        assert_eq!(publish(b.local_addr(), "ticks", &format!("t{i}")).0, 200);
+        assert_eq!(next_json(&mut ws)["seq"], i);
+    }
+    cut_subscriber(&redis, a.local_addr());
+    // Published on node b while node a is not subscribed (it reconnects after 50-100 ms).
+    for i in 4..=8 {
+        assert_eq!(publish(b.local_addr(), "ticks", &format!("t{i}")).0, 200);
+    }
+    eventually("node a reconnected", Duration::from_secs(10), || {
+        (util::metric(a.local_addr(), "gateway_bus_reconnects_total") >= 1).then_some(())
+    });
+    assert_eq!(publish(b.local_addr(), "ticks", "t9").0, 200);
+    for i in 4..=9 {
+        let m = next_json(&mut ws);
+        assert_eq!(
+            (m["seq"].as_u64(), m["data"].as_str()),
+            (Some(i), Some(format!("t{i}").as_str())),
+            "{m}"
+        );
+    }
+}

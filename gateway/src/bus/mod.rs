@@ -158,6 +158,9 @@ pub struct Bus {
     down_since: Mutex<Option<Instant>>,
     pub stats: BusStats,
     pub stop: AtomicBool,
+    /// This node's name in Redis's `CLIENT LIST` (`gw-ADDR-pub`, `-sub`, `-sync`), so an
+    /// operator sees which gateway holds which connection.
+    node: OnceLock<String>,
 }
 
 /// Publishes queued for the publisher at most (beyond the bytes bound).
@@ -199,11 +202,14 @@ impl Bus {
             down_since: Mutex::new(Some(Instant::now())),
             stats: BusStats::default(),
             stop: AtomicBool::new(false),
+            node: OnceLock::new(),
         }))
     }
 
-    /// Starts the publisher and subscriber threads, delivering into `hub`.
-    pub fn start(self: &Arc<Self>, hub: Arc<Hub>) -> std::io::Result<()> {
+    /// Starts the publisher and subscriber threads, delivering into `hub`; `node` names this
+    /// gateway's connections in Redis (its listening address).
+    pub fn start(self: &Arc<Self>, hub: Arc<Hub>, node: &str) -> std::io::Result<()> {
+        let _ = self.node.set(node.replace(char::is_whitespace, "_"));
         let bus = self.clone();
         let h = hub.clone();
         std::thread::Builder::new()
@@ -257,6 +263,14 @@ impl Bus {
     pub fn unfollow(&self, id: TopicId, name: Arc<str>) {
         let _ = self.follow_tx.send(Follow::Unfollow { id, name });
         self.wake_subscriber();
+    }
+
+    /// `CLIENT SETNAME gw-NODE-ROLE` for one of this node's connections.
+    pub(crate) fn client_name(&self, role: &str) -> redis::Cmd {
+        let node = self.node.get().map_or("gateway", String::as_str);
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("SETNAME").arg(format!("gw-{node}-{role}"));
+        cmd
     }
 
     fn wake_subscriber(&self) {

@@ -106,6 +106,7 @@ fn connect(bus: &Bus) -> redis::RedisResult<Conn> {
     let mut con = bus.client.get_connection_with_timeout(super::IO_TIMEOUT)?;
     con.set_read_timeout(Some(super::IO_TIMEOUT))?;
     con.set_write_timeout(Some(super::IO_TIMEOUT))?;
+    bus.client_name("pub").query::<()>(&mut con)?;
     let sha = load_script(&mut con, wire::PUBLISH_SCRIPT)?;
     Ok(Conn { con, sha })
 }

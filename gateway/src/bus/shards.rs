@@ -47,9 +47,9 @@ impl Cluster {
     }
 
     /// Starts every shard's threads.
-    pub fn start(&self, hub: &Arc<Hub>) -> std::io::Result<()> {
+    pub fn start(&self, hub: &Arc<Hub>, node: &str) -> std::io::Result<()> {
         for s in &self.shards {
-            s.start(hub.clone())?;
+            s.start(hub.clone(), node)?;
         }
         Ok(())
     }

@@ -174,6 +174,10 @@ impl Subscriber {
             .map_err(|e| e.to_string())?;
         con.set_write_timeout(Some(super::IO_TIMEOUT))
             .map_err(|e| e.to_string())?;
+        self.bus
+            .client_name("sync")
+            .query::<()>(&mut con)
+            .map_err(|e| e.to_string())?;
         let sha = super::publisher::load_script(&mut con, wire::SYNC_SCRIPT)
             .map_err(|e| e.to_string())?;
         self.sync = Some((con, sha));
@@ -189,6 +193,8 @@ impl Subscriber {
             }
             self.queue(auth.arg(password));
         }
+        let name = self.bus.client_name("sub");
+        self.queue(&name);
         // Everything followed is subscribed again (and synced when confirmed).
         for (id, name) in self.hub.followed() {
             if !self.bus.owns(&name) {

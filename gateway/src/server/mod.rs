@@ -154,7 +154,7 @@ impl Server {
         shared.hub.set_mailboxes(mailboxes);
         if let Some(bus) = bus {
             shared.hub.set_bus(bus.clone());
-            bus.start(&shared.hub)?;
+            bus.start(&shared.hub, &local_addr.to_string())?;
         }
         // The feeds create their topics (with their kind) and publish their first version
         // before any client can subscribe.
