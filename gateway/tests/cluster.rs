@@ -373,3 +373,27 @@ fn messages_published_elsewhere_while_a_node_was_cut_off_are_recovered_once() {
         );
     }
 }
+
+#[test]
+fn a_hung_redis_gets_publishers_a_503_within_two_seconds_and_then_recovers() {
+    let redis = Redis::start();
+    let server = node(&redis);
+    let addr = server.local_addr();
+    assert_eq!(publish(addr, "slow", "before").0, 200);
+    // SIGSTOP: Redis keeps its connections and answers nothing.
+    redis.freeze(true);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (status, answer) = publish(addr, "slow", "while Redis hangs");
+        assert_eq!(status, 503, "{answer}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "answered in {:?}",
+            t.elapsed()
+        );
+    }
+    redis.freeze(false);
+    eventually("publishing resumes", Duration::from_secs(10), || {
+        (publish(addr, "slow", "after").0 == 200).then_some(())
+    });
+}
