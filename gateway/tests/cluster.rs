@@ -397,3 +397,43 @@ fn a_hung_redis_gets_publishers_a_503_within_two_seconds_and_then_recovers() {
         (publish(addr, "slow", "after").0 == 200).then_some(())
     });
 }
+
+#[test]
+fn a_since_older_than_this_nodes_history_is_read_from_redis() {
+    let redis = Redis::start();
+    // Node a keeps two messages per topic; node b (the publisher) has Redis keep 256.
+    let a = start(gateway::server::Config {
+        bus: vec![redis.url()],
+        history: gateway::topics::HistoryConfig {
+            messages: 2,
+            ..Default::default()
+        },
+        ..config()
+    });
+    wait_connected(a.local_addr());
+    let b = node(&redis);
+    let (mut first, ack) = subscriber(a.local_addr(), "log/x", None);
+    let epoch = ack["epoch"].as_str().unwrap().to_string();
+    for i in 1..=10 {
+        assert_eq!(
+            publish(b.local_addr(), "log/x", &format!("line {i}")).0,
+            200
+        );
+    }
+    for i in 1..=10 {
+        assert_eq!(next_json(&mut first)["seq"], i);
+    }
+    // Node a's ring holds 9 and 10; 2 to 8 come from Redis, with no gap and no duplicate.
+    let (mut late, ack) = subscriber(a.local_addr(), "log/x", Some((1, &epoch)));
+    assert_eq!(ack["seq"], 10);
+    for i in 2..=10 {
+        let m = next_json(&mut late);
+        assert_eq!(
+            (m["seq"].as_u64(), m["data"].as_str()),
+            (Some(i), Some(format!("line {i}").as_str())),
+            "{m}"
+        );
+    }
+    assert_eq!(publish(b.local_addr(), "log/x", "line 11").0, 200);
+    assert_eq!(next_json(&mut late)["seq"], 11);
+}

@@ -53,6 +53,9 @@ pub struct ReplyTo {
 pub struct BusReply {
     pub wait: u64,
     pub outcome: Outcome,
+    /// For a follow with `since` that this node's history could not serve: the messages after
+    /// `since` that Redis's history held (oldest first; empty otherwise).
+    pub history: Vec<Arc<crate::topics::Published>>,
 }
 
 /// What became of a request.
@@ -103,6 +106,8 @@ pub(crate) enum Follow {
         id: TopicId,
         name: Arc<str>,
         reply: Option<ReplyTo>,
+        /// Read Redis's history after this number for the reply.
+        since: Option<u64>,
     },
     Unfollow {
         id: TopicId,
@@ -255,9 +260,14 @@ impl Bus {
     }
 
     /// Asks the subscriber to follow a topic; with `reply`, the worker is answered once it is
-    /// in step (or failed).
-    pub fn follow(&self, id: TopicId, name: Arc<str>, reply: Option<ReplyTo>) {
-        let _ = self.follow_tx.send(Follow::Follow { id, name, reply });
+    /// in step (or failed), with `since`, with what Redis's history holds after it.
+    pub fn follow(&self, id: TopicId, name: Arc<str>, reply: Option<ReplyTo>, since: Option<u64>) {
+        let _ = self.follow_tx.send(Follow::Follow {
+            id,
+            name,
+            reply,
+            since,
+        });
         self.wake_subscriber();
     }
 

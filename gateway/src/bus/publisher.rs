@@ -223,6 +223,7 @@ fn answer(bus: &Bus, hub: &Hub, q: &Queued, outcome: Outcome) {
             BusReply {
                 wait: to.wait,
                 outcome,
+                history: Vec::new(),
             },
         );
     }

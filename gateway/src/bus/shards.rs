@@ -69,8 +69,9 @@ impl Cluster {
         self.shard(&p.topic.clone()).publish(p)
     }
 
-    pub fn follow(&self, id: TopicId, name: Arc<str>, reply: Option<ReplyTo>) {
-        self.shard(&name).follow(id, name.clone(), reply);
+    /// Follows a topic (see [`Bus::follow`]).
+    pub fn follow(&self, id: TopicId, name: Arc<str>, reply: Option<ReplyTo>, since: Option<u64>) {
+        self.shard(&name).follow(id, name.clone(), reply, since);
     }
 
     pub fn unfollow(&self, id: TopicId, name: Arc<str>) {

@@ -252,7 +252,16 @@ impl Subscriber {
     fn take_requests(&mut self) {
         while let Ok(req) = self.bus.follow_rx.try_recv() {
             match req {
-                Follow::Follow { id, name, reply } => self.follow(id, name, reply),
+                Follow::Follow {
+                    id,
+                    name,
+                    reply,
+                    since,
+                } => {
+                    if let Err(e) = self.follow(id, name, reply, since) {
+                        self.lost(&e);
+                    }
+                }
                 Follow::Unfollow { id, name } => {
                     if self.topics.get(&name).is_some_and(|f| f.id == id) {
                         self.topics.remove(&name);
@@ -265,7 +274,13 @@ impl Subscriber {
         }
     }
 
-    fn follow(&mut self, id: TopicId, name: Arc<str>, reply: Option<ReplyTo>) {
+    fn follow(
+        &mut self,
+        id: TopicId,
+        name: Arc<str>,
+        reply: Option<ReplyTo>,
+        since: Option<u64>,
+    ) -> Fallible<()> {
         let connected = self.stream.is_some();
         let f = match self.topics.get_mut(&name) {
             Some(f) if f.id == id => f,
@@ -278,15 +293,59 @@ impl Subscriber {
                     ready: false,
                     waiters: Vec::new(),
                 });
-                return self.follow_reply(id, reply);
+                self.follow_reply(id, reply);
+                return Ok(());
             }
         };
         match (f.ready, reply) {
             (_, None) => {}
-            (true, Some(to)) => answer(&self.hub, to, Outcome::Followed),
+            (true, Some(to)) => {
+                let history = match since {
+                    Some(since) => self.fetch(&name, id, since)?,
+                    None => Vec::new(),
+                };
+                answer_with(&self.hub, to, Outcome::Followed, history);
+            }
             (false, Some(to)) if connected => f.waiters.push(to),
             (false, Some(to)) => answer(&self.hub, to, Outcome::Failed("the bus is unavailable")),
         }
+        Ok(())
+    }
+
+    /// The messages of a followed topic's history in Redis after `since`, for a subscriber
+    /// whose `since` the history here no longer reaches.
+    fn fetch(
+        &mut self,
+        name: &str,
+        id: TopicId,
+        since: u64,
+    ) -> Fallible<Vec<Arc<crate::topics::Published>>> {
+        let Some((Some(epoch), _)) = self.hub.bus_view(id) else {
+            return Ok(Vec::new());
+        };
+        let value = self.sync_call(name, since, Some(epoch))?;
+        let (_, _, msgs) = sync_parts(&value)?;
+        let history: Vec<wire::Message<'_>> = msgs.iter().filter_map(|b| wire::parse(b)).collect();
+        Ok(self.hub.recovered(id, &history))
+    }
+
+    /// The sync script for `name`: the topic's epoch, last number and the history after
+    /// `since` (all of it if `epoch` is not Redis's).
+    fn sync_call(&mut self, name: &str, since: u64, epoch: Option<Epoch>) -> Fallible<Value> {
+        let (con, sha) = self.sync.as_mut().ok_or("no connection")?;
+        let [meta, hist] = wire::keys(name);
+        let expected = epoch.map_or_else(String::new, |e| e.to_string());
+        redis::cmd("EVALSHA")
+            .arg(&*sha)
+            .arg(2)
+            .arg(meta)
+            .arg(hist)
+            .arg(Epoch::random().to_string())
+            .arg(self.bus.ttl_secs)
+            .arg(since)
+            .arg(expected)
+            .query(con)
+            .map_err(|e| e.to_string())
     }
 
     /// The reply to a follow of a topic just subscribed: wait for it, or fail while down.
@@ -414,42 +473,11 @@ impl Subscriber {
         let Some((epoch, last)) = self.hub.bus_view(id) else {
             return Ok(());
         };
-        let (con, sha) = self.sync.as_mut().ok_or("no connection")?;
-        let [meta, hist] = wire::keys(name);
-        let expected = epoch.map_or_else(String::new, |e| e.to_string());
-        let value: Value = redis::cmd("EVALSHA")
-            .arg(&*sha)
-            .arg(2)
-            .arg(meta)
-            .arg(hist)
-            .arg(Epoch::random().to_string())
-            .arg(self.bus.ttl_secs)
-            .arg(if epoch.is_some() { last } else { 0 })
-            .arg(expected)
-            .query(con)
-            .map_err(|e| e.to_string())?;
-        let Value::Array(parts) = value else {
-            return Err("the sync script answered something else".into());
-        };
-        let (Some(Value::BulkString(e)), Some(Value::Int(seq)), Some(Value::Array(msgs))) =
-            (parts.first(), parts.get(1), parts.get(2))
-        else {
-            return Err("the sync script answered something else".into());
-        };
-        let new_epoch = std::str::from_utf8(e)
-            .ok()
-            .and_then(Epoch::parse)
-            .ok_or("a bad epoch in Redis")?;
-        let history: Vec<wire::Message<'_>> = msgs
-            .iter()
-            .filter_map(|m| match m {
-                Value::BulkString(b) => wire::parse(b),
-                _ => None,
-            })
-            .collect();
+        let value = self.sync_call(name, if epoch.is_some() { last } else { 0 }, epoch)?;
+        let (new_epoch, seq, msgs) = sync_parts(&value)?;
+        let history: Vec<wire::Message<'_>> = msgs.iter().filter_map(|b| wire::parse(b)).collect();
         let stats = &self.bus.stats;
         stats.syncs_total.fetch_add(1, Ordering::Relaxed);
-        let seq = u64::try_from(*seq).unwrap_or(0);
         let (gap, reset) = self.hub.synced(id, new_epoch, seq, &history);
         stats
             .gaps_total
@@ -468,11 +496,46 @@ impl Subscriber {
 }
 
 fn answer(hub: &Hub, to: ReplyTo, outcome: Outcome) {
+    answer_with(hub, to, outcome, Vec::new());
+}
+
+fn answer_with(
+    hub: &Hub,
+    to: ReplyTo,
+    outcome: Outcome,
+    history: Vec<Arc<crate::topics::Published>>,
+) {
     hub.reply(
         to.worker,
         BusReply {
             wait: to.wait,
             outcome,
+            history,
         },
     );
+}
+
+/// The sync script's answer: `{epoch, seq, {messages}}`.
+fn sync_parts(value: &Value) -> Fallible<(Epoch, u64, Vec<&[u8]>)> {
+    let bad = || "the sync script answered something else".to_string();
+    let Value::Array(parts) = value else {
+        return Err(bad());
+    };
+    let (Some(Value::BulkString(e)), Some(Value::Int(seq)), Some(Value::Array(msgs))) =
+        (parts.first(), parts.get(1), parts.get(2))
+    else {
+        return Err(bad());
+    };
+    let epoch = std::str::from_utf8(e)
+        .ok()
+        .and_then(Epoch::parse)
+        .ok_or("a bad epoch in Redis")?;
+    let msgs = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Value::BulkString(b) => Some(&b[..]),
+            _ => None,
+        })
+        .collect();
+    Ok((epoch, u64::try_from(*seq).unwrap_or(0), msgs))
 }

@@ -92,7 +92,7 @@ impl Hub {
         };
         if t.follow == Follow::Off {
             t.follow = Follow::Pending;
-            bus.follow(id, t.name.clone(), None);
+            bus.follow(id, t.name.clone(), None, None);
         }
     }
 
@@ -119,20 +119,77 @@ impl Hub {
     ) -> Result<(Joined, bool), Refused> {
         let mut inner = self.lock();
         let (id, created) = self.try_intern(&mut inner, name, kind, may_create)?;
+        let epoch = inner.topics.get(&id).and_then(|t| t.epoch);
         let t = inner.topics.get_mut(&id).expect("interned under the lock");
         t.subscribers += 1;
-        if t.follow == Follow::Ready {
+        // A `since` of this numbering that the history here no longer reaches is read from
+        // Redis's history: the subscriber waits for it.
+        let oldest = t.history.front().map_or(t.last_seq + 1, |m| m.seq);
+        let same_epoch = match (resume.epoch, epoch) {
+            (Some(given), Some(e)) => e.matches(given),
+            _ => true,
+        };
+        let needs_history = resume
+            .since
+            .is_some_and(|s| s < t.last_seq && s + 1 < oldest)
+            && same_epoch;
+        if t.follow == Follow::Ready && !needs_history {
             let sub = self.joined_locked(&mut inner, id, resume);
             return Ok((Joined::Now(sub.expect("held under the lock")), created));
         }
-        t.follow = Follow::Pending;
+        if t.follow != Follow::Ready {
+            t.follow = Follow::Pending;
+        }
         Ok((Joined::Wait(id), created))
     }
 
     /// The subscription of a subscriber that waited ([`Joined::Wait`]) once the bus followed
-    /// its topic.
-    pub fn finish_join(&self, id: TopicId, resume: Resume<'_>) -> Option<Subscription> {
-        self.joined_locked(&mut self.lock(), id, resume)
+    /// its topic; `fetched`: what Redis's history held after its `since` (oldest first), to
+    /// replay before what the history here holds.
+    pub fn finish_join(
+        &self,
+        id: TopicId,
+        resume: Resume<'_>,
+        fetched: Vec<Arc<Published>>,
+    ) -> Option<Subscription> {
+        let mut sub = self.joined_locked(&mut self.lock(), id, resume)?;
+        let (Some(since), Some(first_here)) = (resume.since, sub.gap_until) else {
+            return Some(sub);
+        };
+        if sub.reset {
+            return Some(sub);
+        }
+        // Fetched messages up to the oldest held here; contiguous from `since + 1` or a gap.
+        let mut older: Vec<Arc<Published>> = fetched
+            .into_iter()
+            .filter(|m| m.seq > since && m.seq < first_here)
+            .collect();
+        older.sort_by_key(|m| m.seq);
+        older.dedup_by_key(|m| m.seq);
+        let contiguous = older.windows(2).all(|w| w[1].seq == w[0].seq + 1)
+            && older.last().is_some_and(|m| m.seq + 1 == first_here);
+        if !contiguous || older.is_empty() {
+            return Some(sub);
+        }
+        sub.gap_until = (older[0].seq > since + 1).then_some(older[0].seq);
+        older.append(&mut sub.replay);
+        sub.replay = older;
+        Some(sub)
+    }
+
+    /// Messages read from Redis's history as this node's `Published` (for a recovery).
+    pub fn recovered(&self, id: TopicId, history: &[wire::Message<'_>]) -> Vec<Arc<Published>> {
+        let inner = self.lock();
+        let Some(t) = inner.topics.get(&id) else {
+            return Vec::new();
+        };
+        if history.iter().any(|m| t.epoch != Some(m.epoch)) {
+            return Vec::new();
+        }
+        history
+            .iter()
+            .map(|m| Arc::new(from_bus(id, &t.name, t.kind, m)))
+            .collect()
     }
 
     /// The epoch this node holds for a followed topic (if known) and its last number; `None`

@@ -27,7 +27,7 @@ use crate::http::Route;
 use crate::proto::{DeflateParams, MessageKind};
 use crate::server::ConnId;
 use crate::server::stats::WorkerStats;
-use crate::topics::{Resume, Style, TopicId};
+use crate::topics::{Published, Resume, Style, TopicId};
 
 /// What a connection waits for.
 #[derive(Debug)]
@@ -238,7 +238,7 @@ impl Worker {
         };
         let reply = self.wait_for_bus(key, what);
         let bus = self.shared.hub.bus().expect("clustered").clone();
-        bus.follow(topic, name.into(), Some(reply));
+        bus.follow(topic, name.into(), Some(reply), resume.since);
     }
 
     /// A chat message with a bus: sent, nobody waits (the caller pauses the client while the
@@ -260,19 +260,31 @@ impl Worker {
 
     /// Handles the answers the bus has sent this worker.
     pub(super) fn drain_bus_replies(&mut self) {
-        while let Some(BusReply { wait, outcome }) = self.mailbox.next_reply() {
+        while let Some(BusReply {
+            wait,
+            outcome,
+            history,
+        }) = self.mailbox.next_reply()
+        {
             let Some(Wait { conn, what }) = self.waits.remove(&wait) else {
                 continue;
             };
             let live = self.is_live(conn) && !self.conns[conn.slot()].dead;
-            self.answered(conn.slot(), live, wait, what, outcome);
+            self.answered(conn.slot(), live, wait, what, (outcome, history));
             if live {
                 self.reap(conn.slot());
             }
         }
     }
 
-    fn answered(&mut self, key: usize, live: bool, wait: u64, what: Waiting, outcome: Outcome) {
+    fn answered(
+        &mut self,
+        key: usize,
+        live: bool,
+        wait: u64,
+        what: Waiting,
+        (outcome, history): (Outcome, Vec<Arc<Published>>),
+    ) {
         match what {
             Waiting::Subscribe {
                 topic,
@@ -283,7 +295,11 @@ impl Worker {
                 if !live {
                     return self.shared.hub.unsubscribe(topic);
                 }
-                self.subscribe_answered(key, topic, &name, since, epoch.as_deref(), outcome);
+                let resume = Resume {
+                    since,
+                    epoch: epoch.as_deref(),
+                };
+                self.subscribe_answered(key, topic, &name, resume, (outcome, history));
             }
             Waiting::Chat {
                 topic,
@@ -295,7 +311,7 @@ impl Worker {
                     return self.shared.hub.unsubscribe(topic);
                 }
                 let hub = self.shared.hub.clone();
-                match (outcome, hub.finish_join(topic, Resume::default())) {
+                match (outcome, hub.finish_join(topic, Resume::default(), history)) {
                     (Outcome::Followed, Some(room)) => {
                         self.send(key, &[&response]);
                         if let Some(a) = authorized {
@@ -349,9 +365,8 @@ impl Worker {
         key: usize,
         topic: TopicId,
         name: &str,
-        since: Option<u64>,
-        epoch: Option<&str>,
-        outcome: Outcome,
+        resume: Resume<'_>,
+        (outcome, history): (Outcome, Vec<Arc<Published>>),
     ) {
         let hub = self.shared.hub.clone();
         if let Outcome::Failed(why) = outcome {
@@ -363,10 +378,12 @@ impl Worker {
             hub.unsubscribe(topic);
             return self.reply_error(key, "already subscribed", name);
         }
-        let Some(sub) = hub.finish_join(topic, Resume { since, epoch }) else {
+        let Some(sub) = hub.finish_join(topic, resume, history) else {
             return self.reply_error(key, "the topic is gone", name);
         };
-        let replay = since.map_or(delivery::Replay::None, delivery::Replay::Since);
+        let replay = resume
+            .since
+            .map_or(delivery::Replay::None, delivery::Replay::Since);
         self.subscribe(
             key,
             sub,

@@ -181,7 +181,7 @@ impl Worker {
                 };
                 let reply = self.wait_for_bus(key, what);
                 let bus = self.shared.hub.bus().expect("a wait means a bus").clone();
-                bus.follow(topic, format!("chat/{param}").into(), Some(reply));
+                bus.follow(topic, format!("chat/{param}").into(), Some(reply), None);
                 self.park(key);
                 return Ok(());
             }
