@@ -155,6 +155,18 @@ impl Server {
         if let Some(bus) = bus {
             shared.hub.set_bus(bus.clone());
             bus.start(&shared.hub, &local_addr.to_string())?;
+            // The feeds publish their first versions next: give the bus a moment to connect
+            // (a node whose Redis is down still starts, and answers 503 until it is back).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            while !bus.connected() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            if !bus.connected() {
+                log::warn!(
+                    "bus: {} not reachable yet; publishing answers 503 until it is",
+                    bus.shown()
+                );
+            }
         }
         // The feeds create their topics (with their kind) and publish their first version
         // before any client can subscribe.

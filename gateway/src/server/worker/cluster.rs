@@ -152,6 +152,8 @@ impl Worker {
         let what = Waiting::HttpPublish;
         let (wait, outcome) = if self.shared.hub.congested() {
             (0, Some(Outcome::Failed(refusal_text(Refusal::Busy))))
+        } else if let Some(why) = self.charge_new_topic(key, topic) {
+            (0, Some(Outcome::Failed(why)))
         } else {
             match self.publish_via_bus(key, topic, kind, body, what) {
                 Ok(wait) => (wait, None),
@@ -172,6 +174,21 @@ impl Worker {
             self.park(key);
         }
         self.write_owed(key);
+    }
+
+    /// With a bus, a publish to a topic this node does not hold may create one in Redis: it is
+    /// charged to the connection's allowance of new topics (`--topic-burst`, `--topic-rate`),
+    /// so one client cannot fill Redis with names. `None`: allowed (and charged).
+    fn charge_new_topic(&mut self, key: usize, topic: &str) -> Option<&'static str> {
+        if self.shared.hub.find(topic).is_some() {
+            return None;
+        }
+        if !self.may_create_topic(key) {
+            WorkerStats::add(&self.stats().topics_refused_rate_total, 1);
+            return Some(super::http::CREATE_RATE);
+        }
+        self.created_topic(key);
+        None
     }
 
     /// Whether a connection still owes publish answers (its next request waits for them).
@@ -207,6 +224,9 @@ impl Worker {
 
     /// A `/ws` publish with a bus: answered `published` when the number comes.
     pub(super) fn ws_publish_clustered(&mut self, key: usize, topic: String, payload: Box<[u8]>) {
+        if let Some(why) = self.charge_new_topic(key, &topic) {
+            return self.reply_error(key, why, &topic);
+        }
         let refused = if self.shared.hub.congested() {
             Some(Refusal::Busy)
         } else {
