@@ -334,12 +334,7 @@ impl WorkerlessCount {
 
 /// The URL with any password replaced.
 fn shown_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
+    crate::cli::layers::without_password(url)
 }
 
 /// Milliseconds since the Unix epoch (the wall clock every node stamps messages with).

@@ -280,7 +280,8 @@ fn first_line(e: &clap::Error) -> String {
 
 /// The effective configuration as TOML, every key in `--help` order, from the final parse.
 /// `resolved` gives the value of a key that has no default in clap (computed at start, like
-/// the number of workers); keys in `secrets` are shown as `"<hidden>"` when set.
+/// the number of workers); keys in `secrets` are shown as `"<hidden>"` when set, and a URL's
+/// password (`--bus redis://:PASSWORD@host`) as `***`.
 pub fn effective_toml(
     cmd: &Command,
     matches: &ArgMatches,
@@ -301,12 +302,12 @@ pub fn effective_toml(
                 .map(|vs| vs.map(|v| v.to_string_lossy().into_owned()).collect())
                 .unwrap_or_default();
             if repeatable(arg) {
-                let items: Vec<String> = raw.iter().map(|v| quote(v)).collect();
+                let items: Vec<String> = raw.iter().map(|v| quote(&without_password(v))).collect();
                 format!("[{}]", items.join(", "))
             } else {
                 match raw.into_iter().next().or_else(|| resolved(long)) {
                     Some(v) if secrets.contains(&long) && !v.is_empty() => quote("<hidden>"),
-                    Some(v) => toml_scalar(&v),
+                    Some(v) => toml_scalar(&without_password(&v)),
                     None => quote(""),
                 }
             }
@@ -314,6 +315,16 @@ pub fn effective_toml(
         out.push_str(&format!("{long} = {value}\n"));
     }
     out
+}
+
+/// A URL's credentials (`redis://:PASSWORD@host`) replaced by `***`; other values unchanged.
+pub fn without_password(v: &str) -> String {
+    match (v.find("://"), v.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme && !v[scheme + 3..at].contains('/') => {
+            format!("{}://***@{}", &v[..scheme], &v[at + 1..])
+        }
+        _ => v.to_string(),
+    }
 }
 
 fn toml_scalar(v: &str) -> String {

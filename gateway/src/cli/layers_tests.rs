@@ -297,3 +297,19 @@ fn the_effective_configuration_reads_back_as_the_same() {
     assert!(resolved.contains("publish-token = \"\"\n"), "{resolved}");
     assert!(resolved.contains("allow-origin = []\n"), "{resolved}");
 }
+
+#[test]
+fn passwords_in_urls_are_not_shown() {
+    assert_eq!(
+        super::without_password("redis://:s3cret@10.0.0.5:6379/0"),
+        "redis://***@10.0.0.5:6379/0"
+    );
+    assert_eq!(
+        super::without_password("redis://10.0.0.5:6379"),
+        "redis://10.0.0.5:6379"
+    );
+    assert_eq!(
+        super::without_password("https://a.example/x@y"),
+        "https://a.example/x@y"
+    );
+}
