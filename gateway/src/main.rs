@@ -61,6 +61,11 @@ struct Args {
     /// open-file limit.
     #[arg(long)]
     reuse_port: bool,
+    /// Give each new connection to the worker of the CPU that received it (CPU % workers)
+    /// instead of by address hash: best when connections arrive on every CPU (multi-queue
+    /// NIC, RSS/RPS); with a single-queue NIC all would go to one worker.
+    #[arg(long)]
+    steer_by_cpu: bool,
     /// Most open connections; more are answered 503 [default: open-file limit - 64].
     #[arg(long)]
     max_conns: Option<usize>,
@@ -222,6 +227,7 @@ impl Args {
             listen: self.listen,
             workers: self.workers.unwrap_or(defaults.workers).max(1),
             reuse_port: self.reuse_port || defaults.reuse_port,
+            steer_by_cpu: self.steer_by_cpu || defaults.steer_by_cpu,
             max_conns: self.max_conns.unwrap_or(defaults.max_conns),
             max_conns_per_ip: self.max_conns_per_ip,
             max_message: self.max_message,

@@ -20,6 +20,7 @@ fn assert_same(got: &Config, want: &Config) {
         listen,
         workers,
         reuse_port,
+        steer_by_cpu,
         backlog,
         max_conns,
         max_conns_per_ip,
@@ -57,6 +58,7 @@ fn assert_same(got: &Config, want: &Config) {
     assert_eq!(*listen, want.listen, "listen");
     assert_eq!(*workers, want.workers, "workers");
     assert_eq!(*reuse_port, want.reuse_port, "reuse_port");
+    assert_eq!(*steer_by_cpu, want.steer_by_cpu, "steer_by_cpu");
     assert_eq!(*backlog, want.backlog, "backlog");
     assert_eq!(*max_conns, want.max_conns, "max_conns");
     assert_eq!(*max_conns_per_ip, want.max_conns_per_ip, "max_conns_per_ip");

@@ -1,7 +1,8 @@
 //! Operating-system calls that std does not wrap: the open-file limit (getrlimit/setrlimit),
 //! which the gateway and loadgen both read and raise here and nowhere else, and marking the
-//! descriptors a process inherited close-on-exec (so command processes do not get them), and
-//! giving free heap memory back to the kernel.
+//! descriptors a process inherited close-on-exec (so command processes do not get them),
+//! giving free heap memory back to the kernel, and steering new connections to the worker of
+//! the CPU that received them (`--steer-by-cpu`).
 
 use std::io;
 
@@ -95,6 +96,45 @@ pub fn cloexec_inherited() -> io::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Makes a SO_REUSEPORT group (the sockets bound on `listener`'s address, in the order they
+/// were bound) hand each new connection to socket `cpu % n`, `cpu` being the CPU that received
+/// it: a classic BPF program, `ld cpu; mod #n; ret a`.
+pub fn steer_by_cpu(listener: &std::net::TcpListener, n: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    // The ancillary load of the current CPU: SKF_AD_OFF (-0x1000) + SKF_AD_CPU (36).
+    let cpu = (-0x1000i32 + 36) as u32;
+    let op = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut code = [
+        op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, cpu),
+        op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, n),
+        op(libc::BPF_RET | libc::BPF_A, 0),
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: a valid descriptor, and a program the kernel copies during the call.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

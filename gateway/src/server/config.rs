@@ -21,6 +21,12 @@ pub struct Config {
     /// Let other processes bind the same address too (SO_REUSEPORT across processes). Default
     /// false: a second gateway on a busy port fails instead of silently sharing it.
     pub reuse_port: bool,
+    /// Hand each new connection to the worker `N % workers`, N being the CPU that received it
+    /// (a classic BPF program on the SO_REUSEPORT group), instead of by a hash of its
+    /// addresses: a connection's kernel work and its worker then tend to share a CPU. Good
+    /// when connections arrive on every CPU (multi-queue NICs, RSS/RPS, loopback); with a
+    /// single-queue NIC every connection would go to one worker. Default false.
+    pub steer_by_cpu: bool,
     /// Listen backlog per worker socket. Default 4096 (the kernel caps it at somaxconn).
     pub backlog: i32,
     /// Open connections (WebSocket and HTTP) across all workers; more are answered 503. Default:
@@ -144,6 +150,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             reuse_port: false,
+            steer_by_cpu: false,
             backlog: 4096,
             max_conns: default_max_conns(),
             max_conns_per_ip: 0,

@@ -120,6 +120,12 @@ impl Server {
         };
         let workers = config.workers.max(1);
         let listeners = bind_listeners(&config, workers)?;
+        if config.steer_by_cpu && workers > 1 {
+            // An old kernel without SO_ATTACH_REUSEPORT_CBPF keeps the address hash.
+            if let Err(e) = crate::sys::steer_by_cpu(&listeners[0], workers) {
+                log::warn!("--steer-by-cpu: {e}; connections are spread by address hash");
+            }
+        }
         let local_addr = listeners[0].local_addr()?;
         let shared = Arc::new(Shared {
             stats: Stats::new(workers),

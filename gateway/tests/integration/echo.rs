@@ -98,3 +98,19 @@ fn large_messages_pipelined_faster_than_read_all_echo_under_backpressure() {
     }
     sender.join().unwrap();
 }
+
+/// With `--steer-by-cpu` (a BPF program picks the worker by the receiving CPU) every
+/// connection is still accepted by some worker and echoes.
+#[test]
+fn connections_steered_by_cpu_all_echo() {
+    let server = util::start(util::Config {
+        steer_by_cpu: true,
+        ..util::config()
+    });
+    let addr = server.local_addr();
+    let mut clients: Vec<_> = (0..64).map(|_| util::ws_connect(addr, "/echo")).collect();
+    for (i, ws) in clients.iter_mut().enumerate() {
+        assert_echo(ws, Message::text(format!("client {i}")));
+    }
+    assert_eq!(util::metric(addr, "gateway_accepted_total"), 64 + 1);
+}
