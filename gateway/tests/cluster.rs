@@ -437,3 +437,93 @@ fn a_since_older_than_this_nodes_history_is_read_from_redis() {
     assert_eq!(publish(b.local_addr(), "log/x", "line 11").0, 200);
     assert_eq!(next_json(&mut late)["seq"], 11);
 }
+
+#[test]
+fn a_backend_pipelines_publishes_on_one_connection_and_gets_every_answer_in_order() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let (mut ws, _) = subscriber(a.local_addr(), "backend/feed", None);
+    // 150 publishes written at once on one kept-alive connection to node b, which has no
+    // subscriber of the topic: more than the new-topic allowance (64) and the 64 a connection
+    // may have at the bus, so answers must come in order and none may be refused.
+    let mut conn = std::net::TcpStream::connect(b.local_addr()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut batch = Vec::new();
+    for i in 1..=150 {
+        let body = format!("event {i}");
+        batch.extend_from_slice(
+            format!(
+                "POST /publish/backend/feed HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    conn.write_all(&batch).unwrap();
+    let mut reader = BufReader::new(conn);
+    for i in 1..=150u64 {
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "answer {i}: {status}");
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["seq"], i, "answers in request order");
+    }
+    for i in 1..=150u64 {
+        let m = next_json(&mut ws);
+        assert_eq!(
+            (m["seq"].as_u64(), m["data"].as_str()),
+            (Some(i), Some(format!("event {i}").as_str()))
+        );
+    }
+}
+
+#[test]
+fn numbers_going_back_in_redis_start_a_new_epoch_with_a_reset() {
+    let redis = Redis::start();
+    let server = node(&redis);
+    let addr = server.local_addr();
+    let (mut live, ack) = subscriber(addr, "rollback", None);
+    let old_epoch = ack["epoch"].as_str().unwrap().to_string();
+    for i in 1..=5 {
+        assert_eq!(publish(addr, "rollback", &format!("r{i}")).0, 200);
+        assert_eq!(next_json(&mut live)["seq"], i);
+    }
+    // As if Redis came back from an older snapshot: the same epoch, the number at 2.
+    let mut con = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = ::redis::cmd("HSET")
+        .arg("gw:{rollback}:m")
+        .arg("s")
+        .arg(2)
+        .query(&mut con)
+        .unwrap();
+    cut_subscriber(&redis, addr);
+    let reset = next_json(&mut live);
+    assert_eq!(reset["type"], "reset", "{reset}");
+    assert_ne!(reset["epoch"], old_epoch.as_str());
+    let (status, answer) = publish(addr, "rollback", "after");
+    assert_eq!((status, answer["seq"].as_u64()), (200, Some(1)), "{answer}");
+    assert_eq!(answer["epoch"], reset["epoch"]);
+    let m = next_json(&mut live);
+    assert_eq!(
+        (m["seq"].as_u64(), m["data"].as_str()),
+        (Some(1), Some("after"))
+    );
+}

@@ -9,8 +9,9 @@
 //! subscribers waiting for the topic answered. A message that is not the next number of its
 //! topic, or of another epoch, makes the topic sync again the same way.
 //!
-//! A lost connection (an error, EOF, no answer to a PING within 15 s) fails the waiting
-//! subscribers; the thread reconnects with backoff and jitter, subscribes to every topic it
+//! A lost connection (an error, EOF, nothing back within 5 s of a PING sent after 5 s of
+//! silence) fails the waiting subscribers and puts the topics it carried out of step in the hub
+//! (new subscribers wait for the bus again); the thread reconnects with backoff and jitter, subscribes to every topic it
 //! follows again, and syncs each: messages published elsewhere meanwhile are delivered from
 //! Redis's history, or announced as a `gap`; a topic Redis lost gets a `reset`.
 
@@ -41,8 +42,10 @@ struct Followed {
     id: TopicId,
     /// Confirmed and synced.
     ready: bool,
-    /// Workers waiting for it to be ready.
-    waiters: Vec<ReplyTo>,
+    /// SUBSCRIBE confirmations still to come for it: it syncs on the last one.
+    confirms: u32,
+    /// Workers waiting for it to be ready, with the `since` each resumes from.
+    waiters: Vec<(ReplyTo, Option<u64>)>,
 }
 
 /// The state of the subscriber thread.
@@ -61,6 +64,11 @@ pub struct Subscriber {
     retry_at: Instant,
     ever_connected: bool,
     last_input: Instant,
+    /// When the PING now unanswered was sent.
+    ping_sent: Option<Instant>,
+    /// SUBSCRIBE confirmations still to come for topics unfollowed since (they must not make a
+    /// later follow of the same name sync early).
+    stale: HashMap<Arc<str>, u32>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -92,6 +100,8 @@ impl Subscriber {
             retry_at: Instant::now(),
             ever_connected: false,
             last_input: Instant::now(),
+            ping_sent: None,
+            stale: HashMap::new(),
         })
     }
 
@@ -111,7 +121,7 @@ impl Subscriber {
             let timeout = if self.stream.is_none() {
                 self.retry_at.saturating_duration_since(Instant::now())
             } else {
-                PING_AFTER
+                PING_AFTER / 2
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != io::ErrorKind::Interrupted
@@ -134,14 +144,16 @@ impl Subscriber {
     /// Reads and handles what came, writes what is owed, pings a quiet connection.
     fn turn(&mut self) -> Fallible<()> {
         self.read()?;
-        let quiet = self.last_input.elapsed();
-        if quiet >= 3 * PING_AFTER {
-            return Err("no answer to PING".into());
-        }
-        if quiet >= PING_AFTER {
-            self.queue(&redis::cmd("PING"));
-            // One PING per interval: the answer (or the next interval) resets the clock.
-            self.last_input = Instant::now() - PING_AFTER + Duration::from_secs(1).min(PING_AFTER);
+        // A PING after PING_AFTER of silence; the connection is given up when nothing at all
+        // (not even the PONG) came back PING_AFTER after it.
+        match self.ping_sent {
+            Some(at) if at.elapsed() >= PING_AFTER => return Err("no answer to PING".into()),
+            Some(_) => {}
+            None if self.last_input.elapsed() >= PING_AFTER => {
+                self.queue(&redis::cmd("PING"));
+                self.ping_sent = Some(Instant::now());
+            }
+            None => {}
         }
         self.flush()
     }
@@ -185,6 +197,8 @@ impl Subscriber {
         self.rbuf.clear();
         self.wbuf.clear();
         self.last_input = Instant::now();
+        self.ping_sent = None;
+        self.stale.clear();
         let settings = info.redis_settings();
         if let Some(password) = settings.password() {
             let mut auth = redis::cmd("AUTH");
@@ -203,6 +217,7 @@ impl Subscriber {
             self.topics.entry(name).or_insert(Followed {
                 id,
                 ready: false,
+                confirms: 0,
                 waiters: Vec::new(),
             });
         }
@@ -212,6 +227,7 @@ impl Subscriber {
         }
         for f in self.topics.values_mut() {
             f.ready = false;
+            f.confirms = 1;
         }
         if self.ever_connected {
             self.bus
@@ -238,9 +254,11 @@ impl Subscriber {
         }
         self.sync = None;
         self.bus.set_up(&self.bus.subscriber_up, false);
+        let bus = self.bus.clone();
+        self.hub.bus_lost(|name| bus.owns(name));
         for f in self.topics.values_mut() {
             f.ready = false;
-            for w in f.waiters.drain(..) {
+            for (w, _) in f.waiters.drain(..) {
                 answer(&self.hub, w, Outcome::Failed("the bus is unavailable"));
             }
         }
@@ -263,11 +281,18 @@ impl Subscriber {
                     }
                 }
                 Follow::Unfollow { id, name } => {
-                    if self.topics.get(&name).is_some_and(|f| f.id == id) {
-                        self.topics.remove(&name);
-                        if self.stream.is_some() {
-                            self.queue(redis::cmd("UNSUBSCRIBE").arg(wire::channel(&name)));
+                    if self.topics.get(&name).is_none_or(|f| f.id != id) {
+                        continue;
+                    }
+                    let f = self.topics.remove(&name).expect("checked");
+                    for (w, _) in f.waiters {
+                        answer(&self.hub, w, Outcome::Failed("the topic was left"));
+                    }
+                    if self.stream.is_some() {
+                        if f.confirms > 0 {
+                            *self.stale.entry(name.clone()).or_default() += f.confirms;
                         }
+                        self.queue(redis::cmd("UNSUBSCRIBE").arg(wire::channel(&name)));
                     }
                 }
             }
@@ -282,33 +307,52 @@ impl Subscriber {
         since: Option<u64>,
     ) -> Fallible<()> {
         let connected = self.stream.is_some();
-        let f = match self.topics.get_mut(&name) {
-            Some(f) if f.id == id => f,
-            _ => {
-                if connected {
-                    self.queue(redis::cmd("SUBSCRIBE").arg(wire::channel(&name)));
-                }
-                self.topics.entry(name).insert_entry(Followed {
+        if self.topics.get(&name).is_none_or(|f| f.id != id) {
+            if connected {
+                self.queue(redis::cmd("SUBSCRIBE").arg(wire::channel(&name)));
+            }
+            self.topics.insert(
+                name.clone(),
+                Followed {
                     id,
                     ready: false,
+                    confirms: u32::from(connected),
                     waiters: Vec::new(),
-                });
-                self.follow_reply(id, reply);
-                return Ok(());
-            }
-        };
-        match (f.ready, reply) {
-            (_, None) => {}
-            (true, Some(to)) => {
-                let history = match since {
-                    Some(since) => self.fetch(&name, id, since)?,
-                    None => Vec::new(),
-                };
-                answer_with(&self.hub, to, Outcome::Followed, history);
-            }
-            (false, Some(to)) if connected => f.waiters.push(to),
-            (false, Some(to)) => answer(&self.hub, to, Outcome::Failed("the bus is unavailable")),
+                },
+            );
         }
+        let Some(to) = reply else { return Ok(()) };
+        let f = self.topics.get_mut(&name).expect("inserted above");
+        if !connected {
+            answer(&self.hub, to, Outcome::Failed("the bus is unavailable"));
+        } else if !f.ready {
+            f.waiters.push((to, since));
+        } else {
+            self.answer_follow(&name, id, to, since)?;
+        }
+        Ok(())
+    }
+
+    /// Answers a subscriber waiting for a followed, synced topic; with `since`, with what
+    /// Redis's history holds after it. On an error the subscriber is answered `Failed`.
+    fn answer_follow(
+        &mut self,
+        name: &str,
+        id: TopicId,
+        to: ReplyTo,
+        since: Option<u64>,
+    ) -> Fallible<()> {
+        let history = match since {
+            Some(since) => match self.fetch(name, id, since) {
+                Ok(h) => h,
+                Err(e) => {
+                    answer(&self.hub, to, Outcome::Failed("the bus is unavailable"));
+                    return Err(e);
+                }
+            },
+            None => Vec::new(),
+        };
+        answer_with(&self.hub, to, Outcome::Followed, history);
         Ok(())
     }
 
@@ -323,7 +367,7 @@ impl Subscriber {
         let Some((Some(epoch), _)) = self.hub.bus_view(id) else {
             return Ok(Vec::new());
         };
-        let value = self.sync_call(name, since, Some(epoch))?;
+        let value = self.sync_call(name, since, Some(epoch), 0)?;
         let (_, _, msgs) = sync_parts(&value)?;
         let history: Vec<wire::Message<'_>> = msgs.iter().filter_map(|b| wire::parse(b)).collect();
         Ok(self.hub.recovered(id, &history))
@@ -331,7 +375,13 @@ impl Subscriber {
 
     /// The sync script for `name`: the topic's epoch, last number and the history after
     /// `since` (all of it if `epoch` is not Redis's).
-    fn sync_call(&mut self, name: &str, since: u64, epoch: Option<Epoch>) -> Fallible<Value> {
+    fn sync_call(
+        &mut self,
+        name: &str,
+        since: u64,
+        epoch: Option<Epoch>,
+        last: u64,
+    ) -> Fallible<Value> {
         let (con, sha) = self.sync.as_mut().ok_or("no connection")?;
         let [meta, hist] = wire::keys(name);
         let expected = epoch.map_or_else(String::new, |e| e.to_string());
@@ -344,19 +394,9 @@ impl Subscriber {
             .arg(self.bus.ttl_secs)
             .arg(since)
             .arg(expected)
+            .arg(last)
             .query(con)
             .map_err(|e| e.to_string())
-    }
-
-    /// The reply to a follow of a topic just subscribed: wait for it, or fail while down.
-    fn follow_reply(&mut self, id: TopicId, reply: Option<ReplyTo>) {
-        let Some(to) = reply else { return };
-        if self.stream.is_none() {
-            return answer(&self.hub, to, Outcome::Failed("the bus is unavailable"));
-        }
-        if let Some(f) = self.topics.values_mut().find(|f| f.id == id) {
-            f.waiters.push(to);
-        }
     }
 
     fn queue(&mut self, cmd: &redis::Cmd) {
@@ -392,6 +432,7 @@ impl Subscriber {
                 Ok(0) => return Err("Redis closed the connection".into()),
                 Ok(n) => {
                     self.last_input = Instant::now();
+                    self.ping_sent = None;
                     self.rbuf.extend_from_slice(&chunk[..n]);
                     self.handle_input()?;
                 }
@@ -439,7 +480,19 @@ impl Subscriber {
                 self.on_message(&name, &payload)
             }
             b"subscribe" => {
-                if self.topics.get(&name).is_some_and(|f| !f.ready) {
+                if let Some(n) = self.stale.get_mut(&name) {
+                    // The confirmation of a SUBSCRIBE sent before an unfollow.
+                    *n -= 1;
+                    if *n == 0 {
+                        self.stale.remove(&name);
+                    }
+                    return Ok(());
+                }
+                let Some(f) = self.topics.get_mut(&name) else {
+                    return Ok(());
+                };
+                f.confirms = f.confirms.saturating_sub(1);
+                if f.confirms == 0 && !f.ready {
                     self.sync_topic(&name)?;
                 }
                 Ok(())
@@ -473,7 +526,8 @@ impl Subscriber {
         let Some((epoch, last)) = self.hub.bus_view(id) else {
             return Ok(());
         };
-        let value = self.sync_call(name, if epoch.is_some() { last } else { 0 }, epoch)?;
+        let last = if epoch.is_some() { last } else { 0 };
+        let value = self.sync_call(name, last, epoch, last)?;
         let (new_epoch, seq, msgs) = sync_parts(&value)?;
         let history: Vec<wire::Message<'_>> = msgs.iter().filter_map(|b| wire::parse(b)).collect();
         let stats = &self.bus.stats;
@@ -485,13 +539,22 @@ impl Subscriber {
         stats
             .resets_total
             .fetch_add(u64::from(reset), Ordering::Relaxed);
-        if let Some(f) = self.topics.get_mut(name) {
-            f.ready = true;
-            for w in f.waiters.drain(..) {
-                answer(&self.hub, w, Outcome::Followed);
+        let waiters = match self.topics.get_mut(name) {
+            Some(f) => {
+                f.ready = true;
+                std::mem::take(&mut f.waiters)
+            }
+            None => Vec::new(),
+        };
+        let mut failed = None;
+        for (w, since) in waiters {
+            if failed.is_some() {
+                answer(&self.hub, w, Outcome::Failed("the bus is unavailable"));
+            } else if let Err(e) = self.answer_follow(name, id, w, since) {
+                failed = Some(e);
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 }
 

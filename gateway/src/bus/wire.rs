@@ -54,7 +54,12 @@ end
 local s = redis.call('HINCRBY', KEYS[1], 's', 1)
 local msg = e .. ' ' .. s .. ' ' .. #ARGV[4] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4]
 local n = redis.call('RPUSH', KEYS[2], msg)
-local b = redis.call('HINCRBY', KEYS[1], 'b', #ARGV[4])
+local b = #ARGV[4]
+if n == 1 then
+  redis.call('HSET', KEYS[1], 'b', b)
+else
+  b = redis.call('HINCRBY', KEYS[1], 'b', b)
+end
 local maxn = tonumber(ARGV[5])
 local maxb = tonumber(ARGV[6])
 while n > 1 and (n > maxn or b > maxb) do
@@ -73,8 +78,11 @@ return {e, s, got}
 /// A node's view of a topic after subscribing (or resubscribing after a reconnect): the
 /// topic's epoch (started now if it has none), its last sequence number, and the messages of
 /// the history after `since` (all of it if the epoch is not ARGV[4], the one the node holds).
-/// KEYS: meta, history. ARGV: the epoch to start, the keys' lifetime in seconds, `since`, the
-/// node's epoch. Returns `{epoch, seq, {messages}}`.
+/// If Redis's number for the node's epoch is below ARGV[5], the last number the node holds
+/// (Redis came back from an older snapshot, or a lagging replica took over), the numbers would
+/// be reused for other messages: a new epoch is started instead. KEYS: meta, history. ARGV: the
+/// epoch to start, the keys' lifetime in seconds, `since`, the node's epoch, the node's last
+/// number (0: no check). Returns `{epoch, seq, {messages}}`.
 pub const SYNC_SCRIPT: &str = r"
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
@@ -83,7 +91,14 @@ if not e then
   redis.call('HSET', KEYS[1], 'e', e, 's', 0, 'b', 0)
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
-local s = tonumber(redis.call('HGET', KEYS[1], 's'))
+local s = tonumber(redis.call('HGET', KEYS[1], 's')) or 0
+if e == ARGV[4] and s < tonumber(ARGV[5]) then
+  e = ARGV[1]
+  s = 0
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 's', 0, 'b', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
 local since = tonumber(ARGV[3])
 if e ~= ARGV[4] then since = 0 end
 local out = {}

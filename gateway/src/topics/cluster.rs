@@ -200,6 +200,23 @@ impl Hub {
         (t.follow != Follow::Off).then_some((t.epoch, t.last_seq))
     }
 
+    /// A Redis of the bus is lost: the topics it carries (`owns`) are no longer in step, so a
+    /// new subscriber waits for (or is refused by) the bus instead of joining at once.
+    pub fn bus_lost(&self, owns: impl Fn(&str) -> bool) {
+        let mut inner = self.lock();
+        let ids: Vec<TopicId> = inner
+            .topics
+            .iter()
+            .filter(|(_, t)| t.follow == Follow::Ready && owns(&t.name))
+            .map(|(id, _)| id)
+            .collect();
+        for id in ids {
+            if let Some(t) = inner.topics.get_mut(&id) {
+                t.follow = Follow::Pending;
+            }
+        }
+    }
+
     /// The topics this node follows (to subscribe again after a reconnect).
     pub fn followed(&self) -> Vec<(TopicId, Arc<str>)> {
         let inner = self.lock();
@@ -231,7 +248,9 @@ impl Hub {
         }
         let (mut gap, mut reset) = (false, false);
         let name = t.name.clone();
-        if t.epoch != Some(epoch) {
+        // Numbers going back within one epoch would name other messages: start over.
+        let regressed = t.epoch == Some(epoch) && seq < t.last_seq;
+        if t.epoch != Some(epoch) || regressed {
             let had = t.epoch.is_some();
             t.epoch = Some(epoch);
             t.last_seq = 0;

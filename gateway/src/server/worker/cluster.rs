@@ -26,6 +26,7 @@ use crate::bus::{BusReply, Outcome, Publish, Refusal, ReplyTo};
 use crate::http::Route;
 use crate::proto::{DeflateParams, MessageKind};
 use crate::server::ConnId;
+use crate::server::conn::Phase;
 use crate::server::stats::WorkerStats;
 use crate::topics::{Published, Resume, Style, TopicId};
 
@@ -51,6 +52,10 @@ pub(super) enum Waiting {
     /// A `/ws` publish.
     WsPublish { topic: String },
 }
+
+/// Topic names a worker remembers having published to through the bus (a publish to one of
+/// them is not charged as a new topic again); the set is emptied when it reaches this size.
+const BUS_NAMES: usize = 4096;
 
 /// Publishes of one connection at the bus at once, at most.
 pub(super) const MAX_OWED: usize = 64;
@@ -180,7 +185,7 @@ impl Worker {
     /// charged to the connection's allowance of new topics (`--topic-burst`, `--topic-rate`),
     /// so one client cannot fill Redis with names. `None`: allowed (and charged).
     fn charge_new_topic(&mut self, key: usize, topic: &str) -> Option<&'static str> {
-        if self.shared.hub.find(topic).is_some() {
+        if self.shared.hub.find(topic).is_some() || self.bus_names.contains(topic) {
             return None;
         }
         if !self.may_create_topic(key) {
@@ -188,7 +193,23 @@ impl Worker {
             return Some(super::http::CREATE_RATE);
         }
         self.created_topic(key);
+        if self.bus_names.len() >= BUS_NAMES {
+            self.bus_names.clear();
+        }
+        self.bus_names.insert(topic.into());
         None
+    }
+
+    /// `/ws` subscribes of a connection waiting for the bus (they count against its cap).
+    pub(super) fn subscribes_waiting(&self, key: usize) -> usize {
+        if self.waits.is_empty() {
+            return 0;
+        }
+        let conn = self.conns[key].id(key);
+        self.waits
+            .values()
+            .filter(|w| w.conn == conn && matches!(w.what, Waiting::Subscribe { .. }))
+            .count()
     }
 
     /// Whether a connection still owes publish answers (its next request waits for them).
@@ -312,7 +333,8 @@ impl Worker {
                 since,
                 epoch,
             } => {
-                if !live {
+                // A connection already closing has ended its subscriptions: this one too.
+                if !live || !matches!(self.conns[key].phase, Phase::Open(_)) {
                     return self.shared.hub.unsubscribe(topic);
                 }
                 let resume = Resume {

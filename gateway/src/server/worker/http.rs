@@ -448,6 +448,11 @@ impl Worker {
         let peer = self.conns[key].stream.peer_addr().ok().map(|a| a.ip());
         let (body, kind, end, keep_alive) = match check_publish(req, topic, input, peer, &policy) {
             PublishCheck::Incomplete => return 0,
+            PublishCheck::Refused { .. } if self.owes_publishes(key) => {
+                // Answers go out in request order: this refusal waits for the publishes before it.
+                self.park(key);
+                return 0;
+            }
             PublishCheck::Refused {
                 status,
                 headers,

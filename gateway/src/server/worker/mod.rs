@@ -200,6 +200,8 @@ pub(crate) struct Worker {
     next_wait: u64,
     /// and, with a bus, the `POST /publish` answers a connection is owed, in request order.
     publishes: SideTable<std::collections::VecDeque<cluster::Owed>>,
+    /// Topic names this worker published to through the bus ([`cluster`]).
+    bus_names: std::collections::HashSet<Box<str>>,
     /// Connections reaped since this worker last gave free heap pages back (see
     /// [`Worker::trim_after_mass_close`]).
     reaped_since_trim: usize,
@@ -275,6 +277,7 @@ impl Worker {
             waits: HashMap::new(),
             next_wait: 0,
             publishes: SideTable::default(),
+            bus_names: std::collections::HashSet::new(),
             config: shared.live.current(),
             config_version: shared.live.version(),
             shared,

@@ -230,7 +230,7 @@ impl Worker {
         if held.is_some_and(|id| self.topics_of(key).any(|t| t == id)) {
             return self.reply_error(key, "already subscribed", topic);
         }
-        if self.topics_of(key).count() >= MAX_SUBSCRIPTIONS {
+        if self.topics_of(key).count() + self.subscribes_waiting(key) >= MAX_SUBSCRIPTIONS {
             let error = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
             return self.reply_error(key, &error, topic);
         }
