@@ -527,3 +527,35 @@ fn numbers_going_back_in_redis_start_a_new_epoch_with_a_reset() {
         (Some(1), Some("after"))
     );
 }
+
+#[test]
+fn a_watched_file_changed_while_redis_is_down_is_published_once_it_is_back() {
+    let mut redis = Redis::start();
+    let dir = std::env::temp_dir().join(format!("gw-cluster-feed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("conf.txt");
+    std::fs::write(&path, "v1").unwrap();
+    let server = start(gateway::server::Config {
+        bus: vec![redis.url()],
+        watch: vec![("conf".into(), path.clone())],
+        ..config()
+    });
+    let addr = server.local_addr();
+    wait_connected(addr);
+    let mut ws = ws_connect(addr, "/ws/file/conf");
+    let text = |ws: &mut WebSocket<TcpStream>| loop {
+        match ws.read().unwrap() {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(text(&mut ws), "v1");
+    redis.stop();
+    std::fs::write(&path, "v2").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    redis.restart();
+    // The feed offers it again every second until the bus takes it.
+    assert_eq!(text(&mut ws), "v2");
+    let _ = std::fs::remove_dir_all(&dir);
+}

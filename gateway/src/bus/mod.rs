@@ -80,6 +80,9 @@ pub struct Publish {
     pub latest: bool,
     /// Who to tell the number (`None`: nobody waits; chat and feeds).
     pub reply: Option<ReplyTo>,
+    /// A thread waiting for the outcome (a file feed, which offers its version again if it
+    /// failed).
+    pub done: Option<Sender<Outcome>>,
 }
 
 /// A publish in the queue, with when it was queued (it fails rather than wait past

@@ -30,7 +30,13 @@ pub const MAX_WAIT: Duration = Duration::from_millis(1500);
 struct Conn {
     con: redis::Connection,
     sha: String,
+    /// When it was last used: a connection idle for [`IDLE_CHECK`] is checked with a PING
+    /// before a batch (a Redis restarted meanwhile left it dead), and made again if it is.
+    used: Instant,
 }
+
+/// See [`Conn::used`].
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 pub(super) fn run(bus: &Arc<Bus>, hub: &Arc<Hub>) {
     let mut attempt = 0u32;
@@ -89,6 +95,16 @@ pub(super) fn run(bus: &Arc<Bus>, hub: &Arc<Hub>) {
             }
             fresh
         });
+        if c.used.elapsed() >= IDLE_CHECK && !alive_or_replaced(bus, c) {
+            for q in &batch {
+                answer(bus, hub, q, Outcome::Failed("the bus is unavailable"));
+            }
+            batch.clear();
+            conn = None;
+            bus.set_up(&bus.publisher_up, false);
+            continue;
+        }
+        c.used = Instant::now();
         if let Err(e) = send(bus, hub, c, &batch) {
             log::warn!("bus: publisher lost {}: {e}", bus.shown);
             bus.stats.errors_total.fetch_add(1, Ordering::Relaxed);
@@ -102,13 +118,39 @@ pub(super) fn run(bus: &Arc<Bus>, hub: &Arc<Hub>) {
     }
 }
 
+/// Checks an idle connection with a PING. One found closed at once (Redis restarted while it
+/// was idle) is made again, and the batch goes on the new one; one that does not answer in time
+/// is given up (its late answer could be taken for a publish's), and the batch fails within the
+/// 2 s promised to publishers.
+fn alive_or_replaced(bus: &Bus, c: &mut Conn) -> bool {
+    let pinged = Instant::now();
+    if redis::cmd("PING").query::<()>(&mut c.con).is_ok() {
+        return true;
+    }
+    if pinged.elapsed() >= Duration::from_millis(100) {
+        return false;
+    }
+    match connect(bus) {
+        Ok(fresh) => {
+            bus.stats.reconnects_total.fetch_add(1, Ordering::Relaxed);
+            *c = fresh;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 fn connect(bus: &Bus) -> redis::RedisResult<Conn> {
     let mut con = bus.client.get_connection_with_timeout(super::IO_TIMEOUT)?;
     con.set_read_timeout(Some(super::IO_TIMEOUT))?;
     con.set_write_timeout(Some(super::IO_TIMEOUT))?;
     bus.client_name("pub").query::<()>(&mut con)?;
     let sha = load_script(&mut con, wire::PUBLISH_SCRIPT)?;
-    Ok(Conn { con, sha })
+    Ok(Conn {
+        con,
+        sha,
+        used: Instant::now(),
+    })
 }
 
 /// Loads a script; returns its SHA-1.
@@ -217,6 +259,9 @@ fn answer(bus: &Bus, hub: &Hub, q: &Queued, outcome: Outcome) {
         _ => &bus.stats.publish_failures_total,
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(done) = &q.p.done {
+        let _ = done.try_send(outcome);
+    }
     if let Some(to) = q.p.reply {
         hub.reply(
             to.worker,

@@ -121,8 +121,13 @@ impl FileFeed {
                     MessageKind::Binary
                 };
                 self.stamp = sig.mtime_ns.max(self.stamp.saturating_add(1));
-                hub.publish_stamped(self.topic, kind, bytes.clone().into(), self.stamp);
-                self.shown = Shown::Content(bytes);
+                // Refused by a bus that is down: offered again at the next check (every second).
+                if hub.offer_stamped(self.topic, kind, bytes.clone().into(), self.stamp) {
+                    self.shown = Shown::Content(bytes);
+                } else {
+                    // Not shown: the next tick reads the file again.
+                    self.sig = None;
+                }
             }
             Err(e) => {
                 self.sig = None;
@@ -139,13 +144,17 @@ impl FileFeed {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
                 self.stamp = now.max(self.stamp.saturating_add(1));
-                hub.publish_stamped(
+                let offered = hub.offer_stamped(
                     self.topic,
                     MessageKind::Text,
                     text.clone().into_bytes().into(),
                     self.stamp,
                 );
-                self.shown = Shown::Error(text);
+                if offered {
+                    self.shown = Shown::Error(text);
+                } else {
+                    self.sig = None;
+                }
             }
         }
     }

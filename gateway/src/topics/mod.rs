@@ -328,7 +328,7 @@ impl Hub {
     }
 
     /// Publishes to a topic by id with a version stamp ([`Published::stamp`]); `None` if it was
-    /// forgotten.
+    /// forgotten, or if it went to the bus (which numbers it; nobody waits for the number).
     pub fn publish_stamped(
         &self,
         id: TopicId,
@@ -338,21 +338,60 @@ impl Hub {
     ) -> Option<Receipt> {
         let mut inner = self.lock();
         if let Some(bus) = self.bus.get() {
-            // Numbered by the bus; delivered here when it comes back on the topic's channel.
-            let t = inner.topics.get(&id)?;
-            let (name, latest) = (t.name.clone(), t.kind == TopicKind::Latest);
+            let p = Self::bus_publish(&inner, id, kind, payload, stamp, None)?;
             drop(inner);
-            let _ = bus.publish(crate::bus::Publish {
-                topic: name,
-                kind,
-                payload,
-                stamp,
-                latest,
-                reply: None,
-            });
+            let _ = bus.publish(p);
             return None;
         }
         self.publish_locked(&mut inner, id, kind, payload, stamp)
+    }
+
+    /// [`Hub::publish_stamped`] for a thread that may wait (a file feed): with a bus, it waits
+    /// until Redis has numbered the message, and says `false` if the bus could not (down, full,
+    /// timed out), so the feed offers the version again later.
+    pub fn offer_stamped(
+        &self,
+        id: TopicId,
+        kind: MessageKind,
+        payload: Box<[u8]>,
+        stamp: u64,
+    ) -> bool {
+        let mut inner = self.lock();
+        let Some(bus) = self.bus.get() else {
+            self.publish_locked(&mut inner, id, kind, payload, stamp);
+            return true;
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let Some(p) = Self::bus_publish(&inner, id, kind, payload, stamp, Some(tx)) else {
+            return true;
+        };
+        drop(inner);
+        bus.publish(p).is_ok()
+            && matches!(
+                rx.recv_timeout(Duration::from_secs(5)),
+                Ok(crate::bus::Outcome::Published { .. })
+            )
+    }
+
+    /// A publish of topic `id` for the bus; `None` if the topic was forgotten.
+    fn bus_publish(
+        inner: &HubInner,
+        id: TopicId,
+        kind: MessageKind,
+        payload: Box<[u8]>,
+        stamp: u64,
+        done: Option<crossbeam_channel::Sender<crate::bus::Outcome>>,
+    ) -> Option<crate::bus::Publish> {
+        let t = inner.topics.get(&id)?;
+        Some(crate::bus::Publish {
+            topic: t.name.clone(),
+            kind,
+            payload,
+            stamp,
+            latest: t.kind == TopicKind::Latest,
+            reply: None,
+            done,
+        })
     }
 
     fn publish_locked(

@@ -134,6 +134,7 @@ impl Worker {
             stamp: 0,
             latest: false,
             reply: Some(reply),
+            done: None,
         };
         match bus.publish(publish) {
             Ok(()) => Ok(reply.wait),
@@ -293,6 +294,7 @@ impl Worker {
             stamp: 0,
             latest: false,
             reply: None,
+            done: None,
         };
         if bus.publish(publish).is_ok() {
             WorkerStats::add(&self.stats().published_total, 1);
