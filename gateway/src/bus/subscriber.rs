@@ -368,7 +368,7 @@ impl Subscriber {
             return Ok(Vec::new());
         };
         let value = self.sync_call(name, since, Some(epoch), 0)?;
-        let (_, _, msgs) = sync_parts(&value)?;
+        let (_, _, msgs) = wire::sync_reply(&value)?;
         let history: Vec<wire::Message<'_>> = msgs.iter().filter_map(|b| wire::parse(b)).collect();
         Ok(self.hub.recovered(id, &history))
     }
@@ -528,7 +528,7 @@ impl Subscriber {
         };
         let last = if epoch.is_some() { last } else { 0 };
         let value = self.sync_call(name, last, epoch, last)?;
-        let (new_epoch, seq, msgs) = sync_parts(&value)?;
+        let (new_epoch, seq, msgs) = wire::sync_reply(&value)?;
         let history: Vec<wire::Message<'_>> = msgs.iter().filter_map(|b| wire::parse(b)).collect();
         let stats = &self.bus.stats;
         stats.syncs_total.fetch_add(1, Ordering::Relaxed);
@@ -576,29 +576,4 @@ fn answer_with(
             history,
         },
     );
-}
-
-/// The sync script's answer: `{epoch, seq, {messages}}`.
-fn sync_parts(value: &Value) -> Fallible<(Epoch, u64, Vec<&[u8]>)> {
-    let bad = || "the sync script answered something else".to_string();
-    let Value::Array(parts) = value else {
-        return Err(bad());
-    };
-    let (Some(Value::BulkString(e)), Some(Value::Int(seq)), Some(Value::Array(msgs))) =
-        (parts.first(), parts.get(1), parts.get(2))
-    else {
-        return Err(bad());
-    };
-    let epoch = std::str::from_utf8(e)
-        .ok()
-        .and_then(Epoch::parse)
-        .ok_or("a bad epoch in Redis")?;
-    let msgs = msgs
-        .iter()
-        .filter_map(|m| match m {
-            Value::BulkString(b) => Some(&b[..]),
-            _ => None,
-        })
-        .collect();
-    Ok((epoch, u64::try_from(*seq).unwrap_or(0), msgs))
 }

@@ -112,6 +112,34 @@ end
 return {e, s, out}
 ";
 
+/// The sync script's answer: `{epoch, seq, {messages}}`.
+pub fn sync_reply(value: &redis::Value) -> Result<(Epoch, u64, Vec<&[u8]>), String> {
+    let bad = || "the sync script answered something else".to_string();
+    let redis::Value::Array(parts) = value else {
+        return Err(bad());
+    };
+    let (
+        Some(redis::Value::BulkString(e)),
+        Some(redis::Value::Int(seq)),
+        Some(redis::Value::Array(msgs)),
+    ) = (parts.first(), parts.get(1), parts.get(2))
+    else {
+        return Err(bad());
+    };
+    let epoch = std::str::from_utf8(e)
+        .ok()
+        .and_then(Epoch::parse)
+        .ok_or("a bad epoch in Redis")?;
+    let msgs = msgs
+        .iter()
+        .filter_map(|m| match m {
+            redis::Value::BulkString(b) => Some(&b[..]),
+            _ => None,
+        })
+        .collect();
+    Ok((epoch, u64::try_from(*seq).unwrap_or(0), msgs))
+}
+
 /// The `KIND STAMP MILLIS` argument of the publish script.
 pub fn header(kind: MessageKind, stamp: u64, millis: u64) -> String {
     let k = if kind == MessageKind::Binary {
