@@ -85,6 +85,21 @@ pub struct Publish {
     pub done: Option<Sender<Outcome>>,
 }
 
+impl Publish {
+    /// A publish of a stream topic's message that nobody waits for; the fields say otherwise.
+    pub fn new(topic: Arc<str>, kind: MessageKind, payload: Box<[u8]>) -> Publish {
+        Publish {
+            topic,
+            kind,
+            payload,
+            stamp: 0,
+            latest: false,
+            reply: None,
+            done: None,
+        }
+    }
+}
+
 /// A publish in the queue, with when it was queued (it fails rather than wait past
 /// [`publisher::MAX_WAIT`]).
 #[derive(Debug)]
@@ -242,13 +257,17 @@ impl Bus {
     /// Queues a publish; refused at once while Redis is unreachable or the queue is full.
     pub fn publish(&self, p: Publish) -> Result<(), Refusal> {
         if !self.publisher_up.load(Ordering::Relaxed) {
-            WorkerlessCount::bump(&self.stats.publish_refused_total);
+            self.stats
+                .publish_refused_total
+                .fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Down);
         }
         let len = p.payload.len();
         if self.queued.fetch_add(len, Ordering::Relaxed) + len > self.max_queued {
             self.queued.fetch_sub(len, Ordering::Relaxed);
-            WorkerlessCount::bump(&self.stats.publish_refused_total);
+            self.stats
+                .publish_refused_total
+                .fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Busy);
         }
         let queued = Queued {
@@ -257,7 +276,9 @@ impl Bus {
         };
         self.publish_tx.try_send(queued).map_err(|_| {
             self.queued.fetch_sub(len, Ordering::Relaxed);
-            WorkerlessCount::bump(&self.stats.publish_refused_total);
+            self.stats
+                .publish_refused_total
+                .fetch_add(1, Ordering::Relaxed);
             Refusal::Busy
         })
     }
@@ -323,15 +344,6 @@ impl Bus {
     /// Payload bytes waiting for the publisher.
     pub fn queued_bytes(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
-    }
-}
-
-/// Counters written by several threads.
-struct WorkerlessCount;
-
-impl WorkerlessCount {
-    fn bump(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -1,6 +1,7 @@
 //! What the gateway keeps in Redis and sends through it, as pure functions: the key and
-//! channel names of a topic, the two Lua scripts (publish; sync), the text of one message in
-//! history and on the channel, and where one RESP reply ends in a byte stream.
+//! channel names of a topic, the two Lua scripts (publish; sync) and how the sync's answer
+//! reads, the text of one message in history and on the channel, and where one RESP reply ends
+//! in a byte stream.
 //!
 //! One topic `T` is three names, all with the hash tag `{T}` so a Redis Cluster keeps them on
 //! one shard: the hash `gw:{T}:m` holds the epoch (`e`), the last sequence number (`s`) and the

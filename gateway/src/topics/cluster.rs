@@ -108,15 +108,19 @@ impl Hub {
         }
     }
 
-    /// [`Hub::join`] on a node with a bus: immediate if the topic is followed, otherwise the
-    /// subscriber is counted and waits for the bus.
-    pub fn join_clustered(
+    /// [`Hub::join`] for any node: immediate without a bus or if the topic is followed,
+    /// otherwise the subscriber is counted and waits for the bus.
+    pub fn join_or_wait(
         &self,
         name: &str,
         kind: TopicKind,
         resume: Resume<'_>,
         may_create: bool,
     ) -> Result<(Joined, bool), Refused> {
+        if self.bus.get().is_none() {
+            let (sub, created) = self.join(name, kind, resume, may_create)?;
+            return Ok((Joined::Now(sub), created));
+        }
         let mut inner = self.lock();
         let (id, created) = self.try_intern(&mut inner, name, kind, may_create)?;
         let epoch = inner.topics.get(&id).and_then(|t| t.epoch);

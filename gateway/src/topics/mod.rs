@@ -384,13 +384,10 @@ impl Hub {
     ) -> Option<crate::bus::Publish> {
         let t = inner.topics.get(&id)?;
         Some(crate::bus::Publish {
-            topic: t.name.clone(),
-            kind,
-            payload,
             stamp,
             latest: t.kind == TopicKind::Latest,
-            reply: None,
             done,
+            ..crate::bus::Publish::new(t.name.clone(), kind, payload)
         })
     }
 

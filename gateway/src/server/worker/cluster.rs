@@ -128,13 +128,8 @@ impl Worker {
         let bus = self.shared.hub.bus().expect("clustered").clone();
         let reply = self.wait_for_bus(key, what);
         let publish = Publish {
-            topic: Arc::from(topic),
-            kind,
-            payload,
-            stamp: 0,
-            latest: false,
             reply: Some(reply),
-            done: None,
+            ..Publish::new(Arc::from(topic), kind, payload)
         };
         match bus.publish(publish) {
             Ok(()) => Ok(reply.wait),
@@ -287,15 +282,7 @@ impl Worker {
     /// bus's queue is over half its bound). Lost, and counted, only while the bus is down.
     pub(super) fn chat_via_bus(&mut self, room: &str, kind: MessageKind, payload: &[u8]) {
         let bus = self.shared.hub.bus().expect("clustered").clone();
-        let publish = Publish {
-            topic: Arc::from(room),
-            kind,
-            payload: payload.into(),
-            stamp: 0,
-            latest: false,
-            reply: None,
-            done: None,
-        };
+        let publish = Publish::new(Arc::from(room), kind, payload.into());
         if bus.publish(publish).is_ok() {
             WorkerStats::add(&self.stats().published_total, 1);
         }

@@ -213,13 +213,7 @@ impl Worker {
     fn chat_room(&self, room: &str) -> Result<Joined, Refusal> {
         let name = format!("chat/{room}");
         let hub = &self.shared.hub;
-        let joined = if self.clustered() {
-            hub.join_clustered(&name, TopicKind::Stream, Resume::default(), true)
-        } else {
-            hub.join(&name, TopicKind::Stream, Resume::default(), true)
-                .map(|(sub, created)| (Joined::Now(sub), created))
-        };
-        match joined {
+        match hub.join_or_wait(&name, TopicKind::Stream, Resume::default(), true) {
             Ok((joined, _)) => Ok(joined),
             Err(_) => {
                 WorkerStats::add(&self.stats().topics_refused_limit_total, 1);

@@ -236,13 +236,7 @@ impl Worker {
         }
         let may_create = self.may_create_topic(key);
         let hub = &self.shared.hub;
-        let joined = if self.clustered() {
-            hub.join_clustered(topic, TopicKind::Stream, resume, may_create)
-        } else {
-            hub.join(topic, TopicKind::Stream, resume, may_create)
-                .map(|(sub, created)| (Joined::Now(sub), created))
-        };
-        let sub = match joined {
+        let sub = match hub.join_or_wait(topic, TopicKind::Stream, resume, may_create) {
             Ok((joined, created)) => {
                 if created {
                     self.created_topic(key);
