@@ -58,7 +58,7 @@ fn publish(addr: SocketAddr, topic: &str, body: &str) -> (u16, Value) {
 
 fn next_json(ws: &mut WebSocket<TcpStream>) -> Value {
     loop {
-        match ws.read().expect("read a message") {
+        match util::read_msg(ws).expect("read a message") {
             Message::Text(t) => return serde_json::from_str(&t).unwrap(),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("unexpected {other:?}"),
@@ -124,7 +124,7 @@ fn three_nodes_one_topic_every_subscriber_gets_every_message_with_the_same_seq()
     let mut c = ws_connect(addrs[2], "/ws/chat/lobby");
     a.send(Message::text("hello from node 0")).unwrap();
     for ws in [&mut a, &mut c] {
-        match ws.read().unwrap() {
+        match util::read_msg(ws).unwrap() {
             Message::Text(t) => assert_eq!(t.as_str(), "hello from node 0"),
             other => panic!("{other:?}"),
         }
@@ -218,7 +218,7 @@ fn redis_down_gives_503s_and_an_empty_restart_resumes_with_a_reset() {
     live.send(Message::Ping(b"still here".to_vec().into()))
         .unwrap();
     loop {
-        if let Message::Pong(p) = live.read().unwrap() {
+        if let Message::Pong(p) = util::read_msg(&mut live).unwrap() {
             assert_eq!(&p[..], b"still here");
             break;
         }
@@ -544,7 +544,7 @@ fn a_watched_file_changed_while_redis_is_down_is_published_once_it_is_back() {
     wait_connected(addr);
     let mut ws = ws_connect(addr, "/ws/file/conf");
     let text = |ws: &mut WebSocket<TcpStream>| loop {
-        match ws.read().unwrap() {
+        match util::read_msg(ws).unwrap() {
             Message::Text(t) => return t.to_string(),
             Message::Ping(_) | Message::Pong(_) => {}
             other => panic!("{other:?}"),

@@ -209,7 +209,7 @@ fn a_publish_flood_is_pushed_back_and_the_backlog_stays_bounded() {
         max_backlog = max_backlog.max(metric(addr, "gateway_backlog_bytes"));
         let cmd = json!({"type": "publish", "topic": "chat/flood", "data": "from ws"});
         ws.send(Message::text(cmd.to_string())).unwrap();
-        let reply: Value = match ws.read().unwrap() {
+        let reply: Value = match util::read_msg(&mut ws).unwrap() {
             Message::Text(t) => serde_json::from_str(&t).unwrap(),
             other => panic!("{other:?}"),
         };
@@ -266,7 +266,7 @@ fn a_publish_flood_is_pushed_back_and_the_backlog_stays_bounded() {
     assert!(metric(addr, "gateway_publishers_paused_total") > 0);
     let mut got = 0;
     while got < chat_sent {
-        match chatter.read().unwrap() {
+        match util::read_msg(&mut chatter).unwrap() {
             Message::Text(t) => {
                 assert_eq!(t.as_str(), format!("chat {got}"));
                 got += 1;

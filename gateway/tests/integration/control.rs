@@ -21,7 +21,7 @@ fn ping_gets_a_pong_with_the_same_payload() {
     let mut ws = util::ws_connect(addr, "/echo");
     let payload = b"tungstenite ping \x00\xff".to_vec();
     ws.send(Message::Ping(payload.clone().into())).unwrap();
-    match ws.read().unwrap() {
+    match util::read_msg(&mut ws).unwrap() {
         Message::Pong(p) => assert_eq!(p.as_ref(), &payload[..]),
         other => panic!("expected a pong, got {}", util::describe(&other)),
     }
@@ -54,12 +54,12 @@ fn close_handshake_seen_by_tungstenite() {
         reason: "done".into(),
     }))
     .unwrap();
-    match ws.read() {
+    match util::read_msg(&mut ws) {
         Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Normal),
         other => panic!("expected the server's close 1000, got {other:?}"),
     }
     // tungstenite reports the end of a completed close handshake as ConnectionClosed.
-    match ws.read() {
+    match util::read_msg(&mut ws) {
         Err(tungstenite::Error::ConnectionClosed) => {}
         other => panic!("expected the connection to end, got {other:?}"),
     }

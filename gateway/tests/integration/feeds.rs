@@ -74,7 +74,7 @@ fn append(path: &Path, bytes: &[u8]) {
 
 fn next_text(ws: &mut WebSocket<TcpStream>) -> String {
     loop {
-        match ws.read().expect("read a message") {
+        match util::read_msg(ws).expect("read a message") {
             Message::Text(t) => return t.to_string(),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("expected text, got {}", util::describe(&other)),

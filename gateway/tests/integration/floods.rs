@@ -45,7 +45,7 @@ fn round_trip(ws: &mut WebSocket<TcpStream>, round: usize) -> Duration {
     let msg = text_payload(64, round as u64);
     let start = Instant::now();
     ws.send(Message::text(msg.clone())).expect("bystander send");
-    match ws.read() {
+    match util::read_msg(ws) {
         Ok(Message::Text(t)) => assert!(t.as_str() == msg, "bystander: bad echo"),
         other => panic!("bystander, round {round}: {other:?}"),
     }

@@ -45,7 +45,7 @@ fn since(ws: &mut WebSocket<TcpStream>, topic: &str, since: u64) -> (Option<Valu
     let mut seqs = Vec::new();
     let mut last = None;
     loop {
-        let Message::Text(t) = ws.read().expect("read /ws") else {
+        let Message::Text(t) = util::read_msg(ws).expect("read /ws") else {
             continue;
         };
         let v: Value = serde_json::from_str(&t).unwrap();

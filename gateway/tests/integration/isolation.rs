@@ -26,7 +26,7 @@ fn misbehaving_clients_do_not_disturb_a_good_one() {
         let msg = text_payload(100 + round as usize * 37, round);
         good.send(Message::text(msg.clone()))
             .unwrap_or_else(|e| panic!("good client, {when}: {e}"));
-        match good.read() {
+        match util::read_msg(&mut good) {
             Ok(Message::Text(t)) => assert!(t.as_str() == msg, "good client, {when}: bad echo"),
             other => panic!("good client, {when}: {other:?}"),
         }

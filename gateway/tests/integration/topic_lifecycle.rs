@@ -29,7 +29,7 @@ fn publish_json(addr: std::net::SocketAddr, topic: &str, body: &str) -> Value {
 
 fn next_json(ws: &mut Ws) -> Value {
     loop {
-        match ws.read().expect("read a message") {
+        match util::read_msg(ws).expect("read a message") {
             Message::Text(t) => return serde_json::from_str(&t).expect("JSON from /ws"),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("unexpected {other:?}"),
@@ -101,7 +101,7 @@ fn churn(addr: std::net::SocketAddr, count: usize) -> (usize, usize, usize) {
 fn others_are_served(addr: std::net::SocketAddr, n: usize) {
     let mut room = ws_connect(addr, &format!("/ws/chat/newroom{n}"));
     room.send(Message::text("hello")).unwrap();
-    assert_eq!(room.read().unwrap(), Message::text("hello"));
+    assert_eq!(util::read_msg(&mut room).unwrap(), Message::text("hello"));
     let r = publish(addr, &format!("backend/new{n}"), "x");
     assert_eq!(r.status, 200, "{}", r.body_text());
 }

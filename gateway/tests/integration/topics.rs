@@ -39,7 +39,7 @@ fn without_epoch(mut v: Value) -> Value {
 
 fn next_text(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> String {
     loop {
-        match ws.read().expect("read a message") {
+        match util::read_msg(ws).expect("read a message") {
             Message::Text(t) => return t.to_string(),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("expected text, got {other:?}"),

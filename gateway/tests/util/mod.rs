@@ -76,10 +76,25 @@ pub fn ws_connect(addr: SocketAddr, path: &str) -> WebSocket<TcpStream> {
     ws
 }
 
+/// The next message from `ws`. A read interrupted by a signal (`EINTR`: on Linux a socket
+/// read with a timeout returns it when the process is stopped and continued) is retried, as
+/// std's `read_exact` does; tungstenite keeps what it had read, so nothing is lost.
+#[allow(clippy::result_large_err, reason = "tungstenite's own result type, passed through")]
+pub fn read_msg<S: std::io::Read + std::io::Write>(
+    ws: &mut WebSocket<S>,
+) -> tungstenite::Result<Message> {
+    loop {
+        match ws.read() {
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
 /// Sends `msg` and checks the next message is the same, byte for byte.
 pub fn assert_echo(ws: &mut WebSocket<TcpStream>, msg: Message) {
     ws.send(msg.clone()).expect("send a message");
-    let got = ws.read().expect("read the echo");
+    let got = read_msg(ws).expect("read the echo");
     match (&msg, &got) {
         (Message::Text(a), Message::Text(b)) => {
             assert!(
