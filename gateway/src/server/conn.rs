@@ -27,7 +27,13 @@ pub(super) enum Phase {
     /// discarded until the peer closes or the close grace runs out. Closing this way, rather than
     /// at once, keeps the kernel from answering unread input with a reset that could destroy the
     /// response or close frame the peer has not read yet.
-    Linger,
+    ///
+    /// `handshake_done`: the peer's Close frame arrived and ours is written or queued. Nothing
+    /// may follow the peer's Close, so nothing unread can turn the FIN into a reset: a plain
+    /// socket is closed as soon as its output drains (RFC 6455 7.1.1: the server closes the TCP
+    /// connection first), saving the shutdown, the wake-up for the peer's end of stream and
+    /// the read of it. Over TLS the close_notify still goes first, through the usual linger.
+    Linger { handshake_done: bool },
 }
 
 /// An open WebSocket: the protocol session, what the endpoint does with messages, and the

@@ -253,3 +253,29 @@ fn closing_connection_that_never_goes_away_is_released_at_the_close_grace() {
     assert_eq!(metric(addr, "gateway_close_grace_timeouts_total"), 1);
     drop(ws);
 }
+
+#[test]
+fn a_completed_close_handshake_closes_at_once_without_waiting_for_the_client() {
+    // RFC 6455 7.1.1: after both Close frames the server closes the TCP connection first. The
+    // client here answers nothing more and keeps its side open: the slot must be free long
+    // before the close grace (which only a connection whose peer never answered waits out).
+    const GRACE: Duration = Duration::from_secs(30);
+    let server = util::start(util::Config {
+        close_grace: GRACE,
+        ..util::config()
+    });
+    let addr = server.local_addr();
+    let (mut ws, _) = util::raw_handshake(addr, &[]);
+    ws.send_text("last words");
+    ws.expect_text("last words");
+    ws.send_close(1000, "done");
+    ws.expect_close(1000);
+    // A FIN (end of stream), not a reset: the close frame above was read in full before it.
+    ws.expect_eof();
+    // Only the HTTP request reading /metrics is left open.
+    util::eventually("slot released", SLACK, || {
+        (metric(addr, "gateway_open_connections") == 1).then_some(())
+    });
+    assert_eq!(metric(addr, "gateway_close_grace_timeouts_total"), 0);
+    drop(ws);
+}

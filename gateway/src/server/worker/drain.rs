@@ -43,7 +43,7 @@ impl Worker {
                     closes.push((at, conn.id(key)));
                 }
                 Phase::Handshake => plain.push(key),
-                Phase::Linger => {}
+                Phase::Linger { .. } => {}
             }
         }
         // A connection between requests (or before its first) gets no more.

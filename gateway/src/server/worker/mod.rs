@@ -470,10 +470,20 @@ impl Worker {
     /// Ends the current phase: the queued bytes go out, then the write side is shut and the
     /// connection waits (close grace) for the peer to close.
     fn linger(&mut self, key: usize) {
+        self.linger_as(key, false);
+    }
+
+    /// Ends the WebSocket after its close handshake completed (the peer's Close frame arrived,
+    /// ours is written or queued): a plain connection closes once its output drains.
+    fn close_after_handshake(&mut self, key: usize) {
+        self.linger_as(key, true);
+    }
+
+    fn linger_as(&mut self, key: usize, handshake_done: bool) {
         self.uncork(key);
         let conn = &mut self.conns[key];
         let id = conn.id(key);
-        if let Phase::Open(ws) = mem::replace(&mut conn.phase, Phase::Linger) {
+        if let Phase::Open(ws) = mem::replace(&mut conn.phase, Phase::Linger { handshake_done }) {
             self.end_ws(id, ws);
         }
         self.conns[key].since = self.now;

@@ -149,7 +149,7 @@ impl Worker {
                         self.steps_left -= 1;
                     }
                 },
-                Phase::Linger => return input.len(),
+                Phase::Linger { .. } => return input.len(),
                 Phase::Open(_) => return pos + self.read_frames(key, &mut input[pos..]),
             }
         }
@@ -276,7 +276,7 @@ impl Worker {
         if self.drained(key) && self.conns[key].peer_closed {
             return self.kill(key);
         }
-        if matches!(self.conns[key].phase, Phase::Linger) {
+        if matches!(self.conns[key].phase, Phase::Linger { .. }) {
             self.shut_write_when_drained(key);
         }
         let conn = &mut self.conns[key];

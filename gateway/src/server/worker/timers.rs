@@ -48,7 +48,7 @@ impl Worker {
         let conn = &self.conns[key];
         match &conn.phase {
             Phase::Handshake => conn.since.saturating_add(self.handshake_ticks),
-            Phase::Linger => conn.since.saturating_add(self.timeouts.close_grace),
+            Phase::Linger { .. } => conn.since.saturating_add(self.timeouts.close_grace),
             Phase::Open(ws) => ws
                 .session
                 .deadline(&self.timeouts)
@@ -101,7 +101,7 @@ impl Worker {
                 WorkerStats::add(&s.handshake_timeouts_total, 1);
                 self.kill(key);
             }
-            Phase::Linger => {
+            Phase::Linger { .. } => {
                 WorkerStats::add(&s.close_grace_timeouts_total, 1);
                 self.kill(key);
             }

@@ -11,6 +11,7 @@ use std::net::Shutdown;
 
 use super::Worker;
 use super::sockets::write_parts;
+use crate::server::conn::Phase;
 use crate::server::stats::WorkerStats;
 use crate::server::tls_conn::TlsIo;
 
@@ -84,6 +85,16 @@ impl Worker {
         let conn = &mut self.conns[key];
         if conn.write_shut || conn.dead || conn.queued() > 0 {
             return;
+        }
+        let handshake_done = matches!(
+            conn.phase,
+            Phase::Linger {
+                handshake_done: true
+            }
+        );
+        if handshake_done && !self.tls.contains_key(&key) {
+            // See `Phase::Linger`: the close handshake is complete, the socket closes now.
+            return self.kill(key);
         }
         if let Some(t) = self.tls.get_mut(&key) {
             // Once: later calls find it sent.

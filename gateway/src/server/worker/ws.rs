@@ -88,7 +88,7 @@ impl Worker {
                 }
                 Some(Event::Close(_)) => {
                     self.send_ctl(key);
-                    self.linger(key);
+                    self.close_after_handshake(key);
                     return input.len();
                 }
             }
