@@ -19,7 +19,7 @@
 #            (the server's CPU over the whole run: handshakes, 2 s idle hold, close handshakes)
 #
 # SERVERS: space-separated NAME=KIND:BINARY[:WORKERS]; KIND is gw (BINARY --listen ADDR
-# --workers WORKERS), uws (BINARY PORT) or rust (BINARY ADDR, the fastwebsockets and
+# --workers WORKERS), uws (BINARY PORT WORKERS: threads, default 1) or rust (BINARY ADDR, the fastwebsockets and
 # tokio-tungstenite peers of scripts/peers/). Default: this tree's gateway with 1 and 2 workers,
 # the uWebSockets peer (target/peers/uws-peer, see scripts/peers/uws/build.sh) and the Rust peers
 # in target/peers/release. A server named uWebSockets is the ratio reference.
@@ -92,7 +92,7 @@ for round in $(seq "$ROUNDS"); do
       port=$((PORT_BASE + n % 300)); n=$((n + 1))
       case "$kind" in
         gw) cmd=("$bin" --listen "127.0.0.1:$port" --workers "${workers:-2}") ;;
-        uws) cmd=("$bin" "$port") ;;
+        uws) cmd=("$bin" "$port" "${workers:-1}") ;;
         rust) cmd=("$bin" "127.0.0.1:$port") ;;
         *) echo "bench-peers: unknown kind $kind in $s" >&2; exit 2 ;;
       esac

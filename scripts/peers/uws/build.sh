@@ -46,7 +46,7 @@ trap 'rm -rf "$obj"' EXIT
     "$uws"/uSockets/src/*.c "$uws"/uSockets/src/eventing/*.c "$uws"/uSockets/src/crypto/*.c \
     "$uws"/uSockets/src/io_uring/*.c )
 "${CXX:-c++}" $CXXFLAGS -std=c++20 -DLIBUS_NO_SSL -I"$uws/src" -I"$uws/uSockets/src" \
-    -o "$out" "$here/server.cpp" "$obj"/*.o -lz
+    -o "$out" "$here/server.cpp" "$obj"/*.o -lz -pthread
 # The checkout's commit, when it is a git work tree of its own (not a folder of another repo).
 rev() {
     [ "$(git -C "$1" rev-parse --show-toplevel 2>/dev/null)" = "$1" ] &&

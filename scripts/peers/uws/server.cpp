@@ -13,7 +13,13 @@
 //                         counting per topic from 1. So `/ws/chat/x` is fed by
 //                         `POST /publish/chat/x`, as on the gateway.
 //
-// Usage: uws-peer [PORT]   (default 9001; listens on 127.0.0.1 only)
+// Usage: uws-peer [PORT [THREADS]]   (default 9001 and 1; listens on 127.0.0.1 only)
+//
+// THREADS > 1 runs one App per thread on the same port (uSockets sets SO_REUSEPORT, so the
+// kernel spreads connections over the threads), the way uWS's own threaded examples do. A publish
+// (HTTP or chat) goes to its own thread's App at once and to every other thread's through that
+// loop's defer queue; seq counts per topic across threads; "subscribers" in the answer counts
+// the publishing thread's only (the others' counts are not readable from it).
 //
 // This file is our own code; uWebSockets itself stays outside the repository and is compiled
 // in by scripts/peers/uws/build.sh from a checkout given on its command line.
@@ -31,11 +37,16 @@
 //                    16 s before it (at 44 s; the gateway pings after 54 s of silence).
 #include "App.h"
 
+#include <barrier>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
+#include <vector>
 
 namespace {
 
@@ -97,17 +108,31 @@ uWS::App::WebSocketBehavior<PerSocket> behavior() {
     return b;
 }
 
-}  // namespace
+struct Thread {
+    uWS::Loop *loop = nullptr;
+    uWS::App *app = nullptr;
+};
 
-int main(int argc, char **argv) {
-    int port = argc > 1 ? std::atoi(argv[1]) : 9001;
-    if (port <= 0 || port > 65535) {
-        std::fprintf(stderr, "usage: %s [PORT]\n", argv[0]);
-        return 2;
+// Every thread's loop and App, filled before any thread serves (a barrier), read-only after.
+std::vector<Thread> threads;
+std::mutex seqs_mutex;
+std::unordered_map<std::string, unsigned long long> seqs;
+
+// Publishes to this thread's App now and to the other threads' through their defer queues.
+void publish_all(size_t self, std::string_view topic, std::string_view message, uWS::OpCode op) {
+    threads[self].app->publish(topic, message, op);
+    if (threads.size() == 1) return;
+    auto t = std::make_shared<std::string>(topic);
+    auto m = std::make_shared<std::string>(message);
+    for (size_t i = 0; i < threads.size(); i++) {
+        if (i == self) continue;
+        uWS::App *app = threads[i].app;
+        threads[i].loop->defer([app, t, m, op] { app->publish(*t, *m, op); });
     }
+}
 
+void serve(size_t self, int port, std::barrier<> &ready) {
     uWS::App app;
-    std::unordered_map<std::string, unsigned long long> seqs;
 
     auto echo = behavior();
     echo.message = [](auto *ws, std::string_view message, uWS::OpCode op) {
@@ -124,16 +149,16 @@ int main(int argc, char **argv) {
                                          req->getHeader("sec-websocket-extensions"), context);
     };
     chat.open = [](auto *ws) { ws->subscribe(ws->getUserData()->topic); };
-    chat.message = [&app](auto *ws, std::string_view message, uWS::OpCode op) {
-        app.publish(ws->getUserData()->topic, message, op);
+    chat.message = [self](auto *ws, std::string_view message, uWS::OpCode op) {
+        publish_all(self, ws->getUserData()->topic, message, op);
     };
     app.ws<PerSocket>("/ws/chat/*", std::move(chat));
 
-    app.post("/publish/*", [&app, &seqs](auto *res, auto *req) {
+    app.post("/publish/*", [self, &app](auto *res, auto *req) {
         std::string topic(req->getUrl().substr(sizeof("/publish/") - 1));
         auto body = std::make_shared<std::string>();
         res->onAborted([] {});
-        res->onData([&app, &seqs, res, topic = std::move(topic), body](std::string_view chunk, bool last) {
+        res->onData([self, &app, res, topic = std::move(topic), body](std::string_view chunk, bool last) {
             if (body->size() + chunk.size() > kMaxMessage) {
                 // Answer once, then ignore the rest of the body (the connection is closed).
                 if (body->size() <= kMaxMessage) {
@@ -145,8 +170,12 @@ int main(int argc, char **argv) {
             body->append(chunk);
             if (!last) return;
             uWS::OpCode op = is_utf8(*body) ? uWS::OpCode::TEXT : uWS::OpCode::BINARY;
-            app.publish(topic, *body, op);
-            unsigned long long seq = ++seqs[topic];
+            publish_all(self, topic, *body, op);
+            unsigned long long seq;
+            {
+                std::lock_guard<std::mutex> lock(seqs_mutex);
+                seq = ++seqs[topic];
+            }
             std::string answer = "{\"topic\":" + json_string(topic) + ",\"seq\":" + std::to_string(seq) +
                                  ",\"subscribers\":" + std::to_string(app.numSubscribers(topic)) + "}";
             res->writeHeader("Content-Type", "application/json")->end(answer);
@@ -155,14 +184,33 @@ int main(int argc, char **argv) {
 
     app.any("/*", [](auto *res, auto * /*req*/) { res->writeStatus("404 Not Found")->end("not found\n"); });
 
-    app.listen("127.0.0.1", port, [port](auto *listen_socket) {
+    app.listen("127.0.0.1", port, [port, self](auto *listen_socket) {
         if (listen_socket) {
-            std::fprintf(stderr, "uws-peer: listening on 127.0.0.1:%d\n", port);
+            if (self == 0) std::fprintf(stderr, "uws-peer: listening on 127.0.0.1:%d\n", port);
         } else {
             std::fprintf(stderr, "uws-peer: cannot listen on 127.0.0.1:%d\n", port);
             std::exit(1);
         }
     });
+    threads[self] = Thread{uWS::Loop::get(), &app};
+    ready.arrive_and_wait();
     app.run();
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    int port = argc > 1 ? std::atoi(argv[1]) : 9001;
+    int n = argc > 2 ? std::atoi(argv[2]) : 1;
+    if (port <= 0 || port > 65535 || n < 1 || n > 64) {
+        std::fprintf(stderr, "usage: %s [PORT [THREADS]]\n", argv[0]);
+        return 2;
+    }
+    threads.resize(n);
+    std::barrier<> ready(n);
+    std::vector<std::thread> others;
+    for (int i = 1; i < n; i++) others.emplace_back([i, port, &ready] { serve(i, port, ready); });
+    serve(0, port, ready);
+    for (auto &t : others) t.join();
     return 0;
 }
