@@ -79,7 +79,10 @@ pub fn ws_connect(addr: SocketAddr, path: &str) -> WebSocket<TcpStream> {
 /// The next message from `ws`. A read interrupted by a signal (`EINTR`: on Linux a socket
 /// read with a timeout returns it when the process is stopped and continued) is retried, as
 /// std's `read_exact` does; tungstenite keeps what it had read, so nothing is lost.
-#[allow(clippy::result_large_err, reason = "tungstenite's own result type, passed through")]
+#[allow(
+    clippy::result_large_err,
+    reason = "tungstenite's own result type, passed through"
+)]
 pub fn read_msg<S: std::io::Read + std::io::Write>(
     ws: &mut WebSocket<S>,
 ) -> tungstenite::Result<Message> {

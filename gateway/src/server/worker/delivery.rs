@@ -4,9 +4,9 @@
 //!
 //! Delivery is batched: the mailbox is drained up to [`MAILBOX_BATCH`] messages at a time; each
 //! message's frame is appended (by reference) to every local subscriber's outbox, and only then
-//! is each subscriber written once, with one `writev` of everything it is owed. Under load a
-//! subscriber of a topic at 1,000 messages a second gets a few writes of many frames, not one
-//! `send` per message. A subscriber whose queue is over `--max-queued` after its write is a
+//! is each subscriber written once, with one write of everything it is owed (frames gathered
+//! into one `send` up to 16 KiB, else one `writev`). Under load a subscriber of a topic at 1,000
+//! messages a second gets a few writes of many frames, not one `send` per message. A subscriber whose queue is over `--max-queued` after its write is a
 //! slow consumer and is closed with 1008.
 //!
 //! Publishers are pushed back while the hub is congested (a worker's mailbox backlog over

@@ -130,6 +130,8 @@ pub(crate) struct Worker {
     ctl: Vec<u8>,
     /// Output owed to the connection whose input is being processed, written once per read.
     cork: Vec<u8>,
+    /// Where an outbox gathers small queued segments to send them with one `send`.
+    gather: Vec<u8>,
     corked: Option<usize>,
     compressor: Compressor,
     epoch: Instant,
@@ -241,6 +243,7 @@ impl Worker {
             scratch: Vec::new(),
             ctl: Vec::with_capacity(256),
             cork: Vec::with_capacity(64 * 1024),
+            gather: Vec::with_capacity(crate::server::outbox::GATHER_MAX),
             corked: None,
             compressor: Compressor::new(&cfg.deflate),
             epoch: Instant::now(),

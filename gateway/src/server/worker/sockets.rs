@@ -11,7 +11,7 @@
 //! The ways out: [`Worker::send`] (owned bytes: corked, written or queued) and
 //! [`Worker::send_shared`] (a topic frame shared with other subscribers); [`Worker::uncork`]
 //! writes the cork; [`Worker::on_writable`] drains the outbox; [`write_parts`] is the one place
-//! that calls `send`/`writev`.
+//! that calls `send`/`writev` outside the outbox.
 
 use std::io::{self, IoSlice, Write};
 use std::mem;
@@ -247,7 +247,7 @@ impl Worker {
         let conn = &mut self.conns[key];
         if let Some(out) = conn.out.as_mut() {
             let written = match self.tls.get_mut(&key) {
-                None => out.write_to(&mut conn.stream, &mut self.pool),
+                None => out.write_to(&mut conn.stream, &mut self.pool, &mut self.gather),
                 Some(t) => out.write_to(
                     &mut TlsIo {
                         tls: t,
@@ -255,6 +255,7 @@ impl Worker {
                         scratch: &mut self.tls_scratch,
                     },
                     &mut self.pool,
+                    &mut self.gather,
                 ),
             };
             match written {
