@@ -297,12 +297,9 @@ fn connect_over_two_nodes_splits_the_connections() {
 /// The binary's contract for bad invocations: one line on stderr, a non-zero status, no panic.
 #[test]
 fn bad_invocations_are_one_line_and_non_zero() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let unreachable = format!("ws://127.0.0.1:{port}/echo");
+    // Port 1 of a loopback address no test binds (a port freed by a listener of this process
+    // could be taken by another test's server meanwhile): the connection is refused at once.
+    let unreachable = "ws://127.77.77.77:1/echo".to_string();
     let cases: [(&[&str], i32); 4] = [
         (&["--conns", "0"], 2),
         (&["--url", "http://127.0.0.1:8080/echo"], 2),
