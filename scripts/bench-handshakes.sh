@@ -36,18 +36,9 @@ PORT_BASE=${PORT_BASE:-9900}
 mkdir -p "$OUT"
 [ -x "$LOADGEN" ] || { echo "bench-handshakes: no loadgen at $LOADGEN" >&2; exit 1; }
 
-server_pid=
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "bench-handshakes: nothing listens on 127.0.0.1:$1" >&2
-  return 1
-}
+PROG=bench-handshakes
+# shellcheck source=scripts/lib/servers.sh
+. "$root/scripts/lib/servers.sh"
 
 # CPU time of every thread of the server so far, in nanoseconds.
 cpu_ns() {
@@ -66,12 +57,7 @@ for round in $(seq "$ROUNDS"); do
     name=${s%%=*}; spec=${s#*=}
     IFS=: read -r kind bin workers <<<"$spec"
     port=$((PORT_BASE + n % 90)); n=$((n + 1))
-    case "$kind" in
-      gw) cmd=("$bin" --listen "127.0.0.1:$port" --workers "${workers:-2}") ;;
-      uws) cmd=("$bin" "$port" "${workers:-1}") ;;
-      rust) cmd=("$bin" "127.0.0.1:$port") ;;
-      *) echo "bench-handshakes: unknown kind $kind in $s" >&2; exit 2 ;;
-    esac
+    server_cmd "$kind" "$bin" "$workers" "$port"
     "${cmd[@]}" >>"$OUT/$name.log" 2>&1 &
     server_pid=$!
     wait_port "$port"

@@ -54,18 +54,9 @@ FAN10K_DURATION=${FAN10K_DURATION:-10s}
 mkdir -p "$OUT"
 [ -x "$LOADGEN" ] || { echo "bench-peers: no loadgen at $LOADGEN" >&2; exit 1; }
 
-server_pid=
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "bench-peers: nothing listens on 127.0.0.1:$1" >&2
-  return 1
-}
+PROG=bench-peers
+# shellcheck source=scripts/lib/servers.sh
+. "$root/scripts/lib/servers.sh"
 
 scenario_args() { # scenario port
   local ws="ws://127.0.0.1:$2"
@@ -90,12 +81,7 @@ for round in $(seq "$ROUNDS"); do
       name=${s%%=*}; spec=${s#*=}
       IFS=: read -r kind bin workers <<<"$spec"
       port=$((PORT_BASE + n % 300)); n=$((n + 1))
-      case "$kind" in
-        gw) cmd=("$bin" --listen "127.0.0.1:$port" --workers "${workers:-2}") ;;
-        uws) cmd=("$bin" "$port" "${workers:-1}") ;;
-        rust) cmd=("$bin" "127.0.0.1:$port") ;;
-        *) echo "bench-peers: unknown kind $kind in $s" >&2; exit 2 ;;
-      esac
+      server_cmd "$kind" "$bin" "$workers" "$port"
       "${cmd[@]}" >>"$OUT/$name.log" 2>&1 &
       server_pid=$!
       wait_port "$port"

@@ -83,21 +83,9 @@ fi
 mkdir -p "$OUT"
 loadgen="$root/target/release/loadgen"
 
-server_pid=
-cleanup() {
-    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "compare: nothing listens on 127.0.0.1:$1" >&2
-    return 1
-}
+PROG=compare
+# shellcheck source=scripts/lib/servers.sh
+. "$root/scripts/lib/servers.sh"
 
 # run NAME PORT COMMAND...: starts the server, runs the three scenarios, stops it.
 run() {
