@@ -106,8 +106,8 @@ pub fn cloexec_inherited() -> io::Result<()> {
 pub fn steer_by_cpu(listener: &std::net::TcpListener, n: usize) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-    // The ancillary load of the current CPU: SKF_AD_OFF (-0x1000) + SKF_AD_CPU (36).
-    let cpu = (-0x1000i32 + 36) as u32;
+    // The ancillary load of the current CPU.
+    let cpu = (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32;
     let op = |code: u32, k: u32| libc::sock_filter {
         code: code as u16,
         jt: 0,

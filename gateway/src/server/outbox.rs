@@ -165,18 +165,21 @@ impl Outbox {
                     });
                     count += 1;
                 }
+                // The leading segments that fit in GATHER_MAX together.
                 let mut small = 0;
-                if count > 1 {
-                    for s in &slices[..count] {
-                        if gather.len() + s.len() > GATHER_MAX {
-                            break;
-                        }
-                        gather.extend_from_slice(s);
-                        small += 1;
+                let mut small_len = 0;
+                for s in &slices[..count] {
+                    if small_len + s.len() > GATHER_MAX {
+                        break;
                     }
+                    small_len += s.len();
+                    small += 1;
                 }
                 // One buffer goes out with send(2), cheaper than writev(2) (see `write_now`).
                 let result = if small > 1 {
+                    for s in &slices[..small] {
+                        gather.extend_from_slice(s);
+                    }
                     w.write(gather)
                 } else if count == 1 {
                     w.write(&slices[0])
